@@ -1,0 +1,216 @@
+"""Backward of up_concat: two launches plus a small reduction.
+
+With gy = grad[:, :Cout] (times the ReLU mask out > 0 when relu=True) seen as the GEMM output
+unshuffled to [M, 4*Cout] (see up_concat_forward.py for the index math):
+  dx     = gy @ W^T            one [BLOCK_M pixels, BLOCK_N Cin] tile per program, K = 4 taps x Cout
+  dskip  = grad[:, Cout:] * mask    copied by extra column tiles of the same launch, as in forward
+  dW     = X^T @ gy            K = the M pixels: split over programs (split-K), partial sums
+  dbias  = sum of gy           in fp32, summed on the host (deterministic, no atomics)
+The mask is read from the saved output: out > 0 exactly where the ReLU let the value through.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .layout import output_memory_format
+from .common import interpreting, math_settings, pixel_coords, tile_product
+
+
+@triton.jit
+def masked_grad(g_ptrs, o_ptrs, mask, RELU: tl.constexpr, UPCAST: tl.constexpr):
+    """grad where the forward ReLU passed the value (out > 0), else 0; NaN grads stay masked too,
+    as in torch's threshold_backward."""
+    g = tl.load(g_ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        g = g.to(tl.float32)
+    if RELU:
+        out = tl.load(o_ptrs, mask=mask, other=0.0)
+        if UPCAST:  # the interpreter cannot compare bfloat16 values
+            out = out.to(tl.float32)
+        g = tl.where(out > 0, g, tl.zeros_like(g))
+    return g
+
+
+@triton.jit
+def up_concat_backward_input_kernel(
+    g_ptr, o_ptr, w_ptr, dx_ptr, dskip_ptr,
+    M, H, W, CIN, COUT, CS,
+    sgn, sgc, sgh, sgw,
+    son, soc, soh, sow,
+    swc, swo, swa, swb,
+    sdxn, sdxc, sdxh, sdxw,
+    sdsn, sdsc, sdsh, sdsw,
+    RELU: tl.constexpr,
+    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    img, row, col = pixel_coords(offs_m, H, W)
+    # Offsets of output pixel (2i, 2j) in grad and in the saved output; tap (a, b) adds a*sh + b*sw.
+    g_pix = img * sgn + (2 * row) * sgh + (2 * col) * sgw
+    o_pix = img * son + (2 * row) * soh + (2 * col) * sow
+    n_dx_tiles = tl.cdiv(CIN, BLOCK_N)
+
+    if pid_n < n_dx_tiles:
+        offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_c = offs_c < CIN
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if ACC_F64 else tl.float32)
+        for k0 in range(0, COUT, BLOCK_K):
+            offs_o = k0 + tl.arange(0, BLOCK_K)
+            mask_o = offs_o < COUT
+            mask = mask_m[:, None] & mask_o[None, :]
+            g_ptrs = g_ptr + g_pix[:, None] + offs_o[None, :].to(tl.int64) * sgc
+            o_ptrs = o_ptr + o_pix[:, None] + offs_o[None, :].to(tl.int64) * soc
+            wt_ptrs = w_ptr + offs_o[:, None] * swo + offs_c[None, :] * swc
+            wt_mask = mask_o[:, None] & mask_c[None, :]
+            for tap in tl.static_range(4):
+                a = tap // 2
+                b = tap % 2
+                gy = masked_grad(g_ptrs + a * sgh + b * sgw, o_ptrs + a * soh + b * sow, mask, RELU, UPCAST)
+                wt = tl.load(wt_ptrs + a * swa + b * swb, mask=wt_mask, other=0.0)
+                acc = tile_product(gy, wt, acc, USE_DOT, UPCAST, INPUT_PRECISION)
+        dx_ptrs = (dx_ptr + (img * sdxn + row * sdxh + col * sdxw)[:, None]
+                   + offs_c[None, :].to(tl.int64) * sdxc)
+        tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    else:
+        offs_s = (pid_n - n_dx_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = mask_m[:, None] & (offs_s < CS)[None, :]
+        chan = (COUT + offs_s)[None, :].to(tl.int64)
+        g_ptrs = g_ptr + g_pix[:, None] + chan * sgc
+        o_ptrs = o_ptr + o_pix[:, None] + chan * soc
+        ds_ptrs = (dskip_ptr + (img * sdsn + (2 * row) * sdsh + (2 * col) * sdsw)[:, None]
+                   + offs_s[None, :].to(tl.int64) * sdsc)
+        for tap in tl.static_range(4):
+            a = tap // 2
+            b = tap % 2
+            g = masked_grad(g_ptrs + a * sgh + b * sgw, o_ptrs + a * soh + b * sow, mask, RELU, UPCAST)
+            tl.store(ds_ptrs + a * sdsh + b * sdsw, g.to(dskip_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def up_concat_backward_weight_kernel(
+    g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
+    M, H, W, CIN, COUT, PIX_PER_SPLIT,
+    sgn, sgc, sgh, sgw,
+    son, soc, soh, sow,
+    sxn, sxc, sxh, sxw,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program (c tile, o tile, split s) writes dw_part[s, c, o, tap] and, from the first c tile,
+    db_part[s, o]: partial sums over pixels [s*PIX_PER_SPLIT, (s+1)*PIX_PER_SPLIT)."""
+    pid_c = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    pid_s = tl.program_id(2).to(tl.int64)
+    offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_c = offs_c < CIN
+    mask_o = offs_o < COUT
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    bias_acc = tl.zeros((BLOCK_N,), dtype=acc_dtype)
+    start = pid_s * PIX_PER_SPLIT
+    x_chan = offs_c[:, None].to(tl.int64) * sxc
+    g_chan = offs_o[None, :].to(tl.int64) * sgc
+    o_chan = offs_o[None, :].to(tl.int64) * soc
+    for k0 in range(0, PIX_PER_SPLIT, BLOCK_K):
+        offs_p = start + k0 + tl.arange(0, BLOCK_K)
+        mask_p = offs_p < M
+        img, row, col = pixel_coords(offs_p, H, W)
+        x_t = tl.load(x_ptr + x_chan + (img * sxn + row * sxh + col * sxw)[None, :],
+                      mask=mask_c[:, None] & mask_p[None, :], other=0.0)
+        g_ptrs = g_ptr + (img * sgn + (2 * row) * sgh + (2 * col) * sgw)[:, None] + g_chan
+        o_ptrs = o_ptr + (img * son + (2 * row) * soh + (2 * col) * sow)[:, None] + o_chan
+        mask = mask_p[:, None] & mask_o[None, :]
+        gy00 = masked_grad(g_ptrs, o_ptrs, mask, RELU, UPCAST)
+        gy01 = masked_grad(g_ptrs + sgw, o_ptrs + sow, mask, RELU, UPCAST)
+        gy10 = masked_grad(g_ptrs + sgh, o_ptrs + soh, mask, RELU, UPCAST)
+        gy11 = masked_grad(g_ptrs + sgh + sgw, o_ptrs + soh + sow, mask, RELU, UPCAST)
+        acc00 = tile_product(x_t, gy00, acc00, USE_DOT, UPCAST, INPUT_PRECISION)
+        acc01 = tile_product(x_t, gy01, acc01, USE_DOT, UPCAST, INPUT_PRECISION)
+        acc10 = tile_product(x_t, gy10, acc10, USE_DOT, UPCAST, INPUT_PRECISION)
+        acc11 = tile_product(x_t, gy11, acc11, USE_DOT, UPCAST, INPUT_PRECISION)
+        if HAS_BIAS:
+            bias_acc += tl.sum((gy00 + gy01 + gy10 + gy11).to(acc_dtype), axis=0)
+    # dw_part is [SPLIT, CIN, COUT, 4] contiguous: the 4 taps of weight[c, o] are adjacent.
+    dw_ptrs = dw_ptr + pid_s * CIN * COUT * 4 + (offs_c[:, None] * COUT + offs_o[None, :]) * 4
+    dw_mask = mask_c[:, None] & mask_o[None, :]
+    tl.store(dw_ptrs, acc00, mask=dw_mask)
+    tl.store(dw_ptrs + 1, acc01, mask=dw_mask)
+    tl.store(dw_ptrs + 2, acc10, mask=dw_mask)
+    tl.store(dw_ptrs + 3, acc11, mask=dw_mask)
+    if HAS_BIAS:
+        if pid_c == 0:
+            tl.store(db_ptr + pid_s * COUT + offs_o, bias_acc, mask=mask_o)
+
+
+def backward_config(dtype: torch.dtype) -> dict:
+    """Tiles for both backward kernels; see forward_config for why the interpreter uses 32/16."""
+    if dtype == torch.float64:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
+    if interpreting():
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)
+
+
+def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device) -> int:
+    """How many pixel ranges dW is split into: enough programs to fill the device (twice its SMs),
+    never a range smaller than one block. The interpreter takes 2 so tests cover the reduction."""
+    if device.type == "cuda":
+        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 2
+    return max(1, min(triton.cdiv(m, block_k), triton.cdiv(target, tiles)))
+
+
+def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                       relu: bool, has_bias: bool):
+    """Gradients (dx, dskip, dweight, dbias) of up_concat given its output `out`.
+
+    dbias is zeros of [Cout] when has_bias is False."""
+    n, cin, h, w = x.shape
+    cout = weight.shape[1]
+    cs = out.shape[1] - cout
+    dx = torch.empty_like(x)
+    dskip = torch.empty((n, cs, 2 * h, 2 * w), dtype=out.dtype, device=out.device,
+                        memory_format=output_memory_format(x))
+    m = n * h * w
+    if m == 0:
+        return dx, dskip, torch.zeros_like(weight), weight.new_zeros(cout)
+    cfg = backward_config(x.dtype)
+    math = math_settings(x.dtype)
+    block_m, block_n, block_k = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+
+    grid = (triton.cdiv(m, block_m), triton.cdiv(cin, block_n) + triton.cdiv(cs, block_n))
+    up_concat_backward_input_kernel[grid](
+        grad, out, weight, dx, dskip,
+        m, h, w, cin, cout, cs,
+        *grad.stride(), *out.stride(), *weight.stride(), *dx.stride(), *dskip.stride(),
+        RELU=relu, **math, **cfg,
+    )
+
+    tiles = triton.cdiv(cin, block_m) * triton.cdiv(cout, block_n)
+    splits = weight_grad_splits(m, tiles, block_k, x.device)
+    pix_per_split = triton.cdiv(triton.cdiv(m, block_k), splits) * block_k
+    splits = triton.cdiv(m, pix_per_split)
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dw_part = torch.empty((splits, cin, cout, 4), dtype=acc_dtype, device=x.device)
+    db_part = torch.empty((splits, cout), dtype=acc_dtype, device=x.device)
+    grid = (triton.cdiv(cin, block_m), triton.cdiv(cout, block_n), splits)
+    up_concat_backward_weight_kernel[grid](
+        grad, out, x, dw_part, db_part,
+        m, h, w, cin, cout, pix_per_split,
+        *grad.stride(), *out.stride(), *x.stride(),
+        RELU=relu, HAS_BIAS=has_bias, **math, **cfg,
+    )
+    dweight = dw_part.sum(0).view(cin, cout, 2, 2).to(weight.dtype)
+    dbias = db_part.sum(0).to(weight.dtype) if has_bias else weight.new_zeros(cout)
+    return dx, dskip, dweight, dbias
+

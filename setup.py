@@ -1,0 +1,31 @@
+"""unet_fast: a drop-in U-Net whose decoder steps are fused Triton kernels.
+
+The repository's top-level ``kernels/`` folder is installed as ``unet_fast.kernels``
+(PyPI has an unrelated top-level ``kernels`` package, imported by transformers).
+"""
+from setuptools import setup
+
+setup(
+    name="unet_fast",
+    version="0.1.0",
+    description="U-Net with fused Triton decoder kernels (transposed conv + skip concat + ReLU)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["unet_fast", "unet_fast.kernels"],
+    package_dir={"unet_fast": "unet_fast", "unet_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.5",
+        # Triton ships wheels for Linux only; elsewhere the package runs its PyTorch paths.
+        "triton>=3.2; platform_system == 'Linux'",
+        "numpy",
+        "pillow",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark"],
+        "onnx": ["onnx", "onnxruntime"],
+    },
+    entry_points={"console_scripts": ["unet-fast=unet_fast.cli:main"]},
+)

@@ -1,0 +1,47 @@
+"""`unet-fast` (also `python -m unet_fast`): one subcommand per module.
+
+Each module named in SUBCOMMANDS defines `add_arguments(parser)` and `run(args) -> int`, and the
+first line of its docstring is its help. Modules are imported only when their subcommand runs,
+except for --help, so `unet-fast predict` does not pay for the benchmark harness.
+"""
+import argparse
+import importlib
+import sys
+
+from .errors import CLIError
+
+SUBCOMMANDS = {
+    "check": "unet_fast.check",
+}
+
+
+def _build_parser(only=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unet-fast", description="Fused-kernel U-Net for PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help="(see unet-fast %s --help)" % name)
+            continue
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip().splitlines()
+        p = sub.add_parser(name, help=doc[0] if doc else None, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = _build_parser(only=chosen if chosen in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except CLIError as e:
+        print(f"unet-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

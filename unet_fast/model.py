@@ -1,0 +1,23 @@
+"""`UNet`: the lesson's U-Net with each decoder step one fused `up_concat` call."""
+import torch
+from torch import nn
+
+from .architecture import UNetLayers
+from .up_concat_op import up_concat
+
+
+class UNet(UNetLayers):
+    """U-Net(in_channels=3, out_channels=2, base_channels=64, up_relu=True).
+
+    Same modules and state_dict keys as `ReferenceUNet` and the lesson's model. up_relu=True puts
+    a ReLU after each skip concatenation (fused for free); up_relu=False is the lesson's model
+    exactly. Any H, W: the input is zero-padded to a multiple of 8 and the output cropped back.
+    """
+
+    def up_step(self, upconv: nn.ConvTranspose2d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        weight, bias = upconv.weight, upconv.bias
+        if weight.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+            # Under autocast the activations arrive in the autocast dtype; the op wants one dtype.
+            weight = weight.to(x.dtype)
+            bias = bias.to(x.dtype) if bias is not None else None
+        return up_concat(x, skip, weight, bias, relu=self.up_relu)

@@ -1,0 +1,24 @@
+"""The pure-PyTorch reference: the oracle for tests and the baseline for benchmarks.
+
+Nobody writes a second reference; tests and benchmarks import these.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architecture import UNetLayers
+
+
+def up_concat(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor = None, relu: bool = True) -> torch.Tensor:
+    """relu(cat([conv_transpose2d(x, weight, bias, stride=2), skip], dim=1)), the naive way."""
+    y = torch.cat([F.conv_transpose2d(x, weight, bias, stride=2), skip], dim=1)
+    return torch.relu(y) if relu else y
+
+
+class ReferenceUNet(UNetLayers):
+    """`UNet` with its decoder steps in plain PyTorch: ConvTranspose2d, torch.cat, relu."""
+
+    def up_step(self, upconv: nn.ConvTranspose2d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([upconv(x), skip], dim=1)
+        return torch.relu(y) if self.up_relu else y

@@ -1,0 +1,79 @@
+"""up_concat in plain PyTorch, fast: the path for CPU tensors when Triton's interpreter is off,
+and for any device where Triton is unavailable.
+
+Unlike the reference it never builds the transposed-convolution output or the concatenation as
+tensors of their own: the convolution is one matmul X[M, Cin] @ W[Cin, 4*Cout], scattered (with
+bias and ReLU fused into the copy) straight into the preallocated output, and skip is copied into
+its slice. The backward works on the same pixel-major views.
+"""
+import torch
+
+from .kernels.layout import output_memory_format
+
+
+def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """[Cin, Cout, 2, 2] -> [Cin, 4*Cout] with columns ordered (a, b, o)."""
+    cin, cout = weight.shape[:2]
+    return weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+
+
+def _taps_view(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Channels [lo, hi) of an [N, C, 2H, 2W] tensor seen as [N, H, a, W, b, C'] (a view)."""
+    h, w = t.shape[2] // 2, t.shape[3] // 2
+    return t.permute(0, 2, 3, 1)[..., lo:hi].unflatten(1, (h, 2)).unflatten(3, (w, 2))
+
+
+def _pixel_major(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [N*H*W, C] (a view when x is channels_last)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor, relu: bool) -> None:
+    if relu:
+        torch.clamp_min(src, 0, out=dst)  # clamp_min lets NaN through, as torch.relu does
+    else:
+        dst.copy_(src)
+
+
+def up_concat_forward(x, skip, weight, bias, relu: bool) -> torch.Tensor:
+    n, cin, h, w = x.shape
+    cout, cs = weight.shape[1], skip.shape[1]
+    out = torch.empty((n, cout + cs, 2 * h, 2 * w), dtype=x.dtype, device=x.device,
+                      memory_format=output_memory_format(x))
+    if out.numel() == 0:
+        return out
+    wmat = _weight_matrix(weight)
+    if bias is None:
+        y = _pixel_major(x) @ wmat
+    else:
+        y = torch.addmm(bias.repeat(4), _pixel_major(x), wmat)
+    taps = y.view(n, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)  # [N, H, a, W, b, Cout]
+    _copy(_taps_view(out, 0, cout), taps, relu)
+    _copy(out[:, cout:], skip, relu)
+    return out
+
+
+def _masked(grad: torch.Tensor, out, relu: bool) -> torch.Tensor:
+    # where(), not a product: as in torch's threshold_backward, a NaN gradient is masked to 0.
+    return torch.where(out > 0, grad, 0) if relu else grad
+
+
+def up_concat_backward(grad, out, x, weight, has_bias: bool):
+    """(dx, dskip, dweight, dbias); `out` is the forward result when it had a ReLU, else None."""
+    relu = out is not None
+    n, cin, h, w = x.shape
+    cout = weight.shape[1]
+    mask_src = out if relu else grad
+    dskip = torch.empty((n, grad.shape[1] - cout, 2 * h, 2 * w), dtype=grad.dtype, device=grad.device,
+                        memory_format=output_memory_format(x))
+    dskip.copy_(_masked(grad[:, cout:], mask_src[:, cout:], relu))
+
+    gy = torch.empty((n, h, w, 2, 2, cout), dtype=grad.dtype, device=grad.device)
+    gy.permute(0, 1, 3, 2, 4, 5).copy_(_masked(_taps_view(grad, 0, cout), _taps_view(mask_src, 0, cout), relu))
+    gy = gy.view(n * h * w, 4 * cout)
+    wmat = _weight_matrix(weight)
+    dx = torch.empty_like(x)
+    dx.permute(0, 2, 3, 1).copy_((gy @ wmat.t()).view(n, h, w, cin))
+    dweight = (_pixel_major(x).t() @ gy).view(cin, 2, 2, cout).permute(0, 3, 1, 2).contiguous()
+    dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)
+    return dx, dskip, dweight, dbias
