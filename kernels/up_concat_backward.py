@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import output_memory_format
+from .layout import new_buffer, output_memory_format
 from .common import interpreting, math_settings, pixel_coords, tile_product
 
 
@@ -178,9 +178,9 @@ def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, w
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     cs = out.shape[1] - cout
-    dx = torch.empty_like(x)
-    dskip = torch.empty((n, cs, 2 * h, 2 * w), dtype=out.dtype, device=out.device,
-                        memory_format=output_memory_format(x))
+    fmt = output_memory_format(x)
+    dx = new_buffer(x.shape, x, memory_format=fmt)
+    dskip = new_buffer((n, cs, 2 * h, 2 * w), x, memory_format=fmt)
     m = n * h * w
     if m == 0:
         return dx, dskip, torch.zeros_like(weight), weight.new_zeros(cout)
@@ -201,8 +201,8 @@ def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, w
     pix_per_split = triton.cdiv(triton.cdiv(m, block_k), splits) * block_k
     splits = triton.cdiv(m, pix_per_split)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dw_part = torch.empty((splits, cin, cout, 4), dtype=acc_dtype, device=x.device)
-    db_part = torch.empty((splits, cout), dtype=acc_dtype, device=x.device)
+    dw_part = new_buffer((splits, cin, cout, 4), x, dtype=acc_dtype)
+    db_part = new_buffer((splits, cout), x, dtype=acc_dtype)
     grid = (triton.cdiv(cin, block_m), triton.cdiv(cout, block_n), splits)
     up_concat_backward_weight_kernel[grid](
         grad, out, x, dw_part, db_part,

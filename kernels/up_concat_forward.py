@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import output_memory_format
+from .layout import new_buffer, output_memory_format
 from .common import interpreting, math_settings, pixel_coords, relu_keep_nan, tile_product
 
 
@@ -26,7 +26,7 @@ def up_concat_forward_kernel(
     M, H, W, CIN, COUT, CS,
     sxn, sxc, sxh, sxw,
     ssn, ssc, ssh, ssw,
-    swc, swo, swa, swb,
+    swc, swo, swa, swb, sb,
     son, soc, soh, sow,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -67,7 +67,7 @@ def up_concat_forward_kernel(
             acc11 = tile_product(x_tile, tl.load(w_ptrs + swa + swb, mask=w_mask, other=0.0), acc11,
                                  USE_DOT, UPCAST, INPUT_PRECISION)
         if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_o, mask=mask_o, other=0.0).to(acc_dtype)[None, :]
+            bias = tl.load(b_ptr + offs_o * sb, mask=mask_o, other=0.0).to(acc_dtype)[None, :]
             acc00 += bias
             acc01 += bias
             acc10 += bias
@@ -113,13 +113,15 @@ def forward_config(cin: int, cout: int, cs: int, dtype: torch.dtype) -> dict:
 
 
 def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
-                      bias, relu: bool) -> torch.Tensor:
-    """Launch the fused forward. Arguments must already be validated (unet_fast.validation)."""
+                      bias, relu: bool, out=None) -> torch.Tensor:
+    """Launch the fused forward. Arguments must already be validated (unet_fast.validation).
+
+    `out`, if given, is the [N, Cout + Cs, 2H, 2W] buffer to write, with any strides."""
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     cs = skip.shape[1]
-    out = torch.empty((n, cout + cs, 2 * h, 2 * w), dtype=x.dtype, device=x.device,
-                      memory_format=output_memory_format(x))
+    if out is None:
+        out = new_buffer((n, cout + cs, 2 * h, 2 * w), x, memory_format=output_memory_format(x))
     m = n * h * w
     if m == 0:
         return out
@@ -129,7 +131,7 @@ def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
     up_concat_forward_kernel[grid](
         x, skip, weight, bias if bias is not None else weight, out,
         m, h, w, cin, cout, cs,
-        *x.stride(), *skip.stride(), *weight.stride(), *out.stride(),
+        *x.stride(), *skip.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *out.stride(),
         HAS_BIAS=bias is not None, RELU=relu, **math_settings(x.dtype), **cfg,
     )
     return out

@@ -17,3 +17,22 @@ def _has_gpu() -> bool:
 
 if not _has_gpu():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402  (after TRITON_INTERPRET is set, on purpose)
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_and_poisoned_outputs(monkeypatch):
+    """Every test: results start as NaN (an unwritten element fails), and float32 matmuls/convs
+    run in full precision on the GPU, so float32 tolerances mean float32 and not TF32."""
+    from unet_fast.kernels import layout
+
+    monkeypatch.setattr(layout, "POISON_OUTPUTS", True)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    # Fresh random inputs on every run; pytest shows this line when the test fails.
+    print(f"torch seed {torch.seed()}")
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -8,7 +8,7 @@ its slice. The backward works on the same pixel-major views.
 """
 import torch
 
-from .kernels.layout import output_memory_format
+from .kernels.layout import new_buffer, output_memory_format
 
 
 def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -28,6 +28,30 @@ def _pixel_major(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
+def _conv_taps(x, weight, bias) -> torch.Tensor:
+    """The transposed convolution as one matmul, returned as a [N, Cout, H, a, W, b] view.
+
+    channels_last x: X[M, Cin] (a view of x) @ W[Cin, 4*Cout], columns ordered (a, b, o).
+    NCHW x: W^T[4*Cout, Cin] @ x_n[Cin, H*W] batched over images, rows ordered (o, a, b), so
+    x is read in place and each channel's [a, b, H, W] block is contiguous.
+    Neither layout lets BLAS write a tap straight into out (NCHW taps have columns 2 apart;
+    channels_last taps have image rows 4*W*C apart but pixels 2*C apart), hence one buffer."""
+    n, cin, h, w = x.shape
+    cout = weight.shape[1]
+    if output_memory_format(x) == torch.channels_last:
+        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)
+        w_mat = weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+        y = pixels @ w_mat if bias is None else torch.addmm(bias.repeat(4), pixels, w_mat)
+        return y.view(n, h, w, 2, 2, cout).permute(0, 5, 1, 3, 2, 4)
+    images = x.reshape(n, cin, h * w)
+    w_t = weight.reshape(cin, 4 * cout).t()
+    if bias is None:
+        y = torch.matmul(w_t, images)
+    else:
+        y = torch.baddbmm(bias.repeat_interleave(4)[None, :, None], w_t.expand(n, -1, -1), images)
+    return y.view(n, cout, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+
+
 def _copy(dst: torch.Tensor, src: torch.Tensor, relu: bool) -> None:
     if relu:
         torch.clamp_min(src, 0, out=dst)  # clamp_min lets NaN through, as torch.relu does
@@ -38,17 +62,11 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, relu: bool) -> None:
 def up_concat_forward(x, skip, weight, bias, relu: bool) -> torch.Tensor:
     n, cin, h, w = x.shape
     cout, cs = weight.shape[1], skip.shape[1]
-    out = torch.empty((n, cout + cs, 2 * h, 2 * w), dtype=x.dtype, device=x.device,
-                      memory_format=output_memory_format(x))
+    out = new_buffer((n, cout + cs, 2 * h, 2 * w), x, memory_format=output_memory_format(x))
     if out.numel() == 0:
         return out
-    wmat = _weight_matrix(weight)
-    if bias is None:
-        y = _pixel_major(x) @ wmat
-    else:
-        y = torch.addmm(bias.repeat(4), _pixel_major(x), wmat)
-    taps = y.view(n, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)  # [N, H, a, W, b, Cout]
-    _copy(_taps_view(out, 0, cout), taps, relu)
+    taps = out[:, :cout].unflatten(2, (h, 2)).unflatten(4, (w, 2))  # [N, Cout, H, a, W, b]
+    _copy(taps, _conv_taps(x, weight, bias), relu)
     _copy(out[:, cout:], skip, relu)
     return out
 
@@ -64,15 +82,15 @@ def up_concat_backward(grad, out, x, weight, has_bias: bool):
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     mask_src = out if relu else grad
-    dskip = torch.empty((n, grad.shape[1] - cout, 2 * h, 2 * w), dtype=grad.dtype, device=grad.device,
-                        memory_format=output_memory_format(x))
+    fmt = output_memory_format(x)
+    dskip = new_buffer((n, grad.shape[1] - cout, 2 * h, 2 * w), x, memory_format=fmt)
     dskip.copy_(_masked(grad[:, cout:], mask_src[:, cout:], relu))
 
-    gy = torch.empty((n, h, w, 2, 2, cout), dtype=grad.dtype, device=grad.device)
+    gy = new_buffer((n, h, w, 2, 2, cout), x)
     gy.permute(0, 1, 3, 2, 4, 5).copy_(_masked(_taps_view(grad, 0, cout), _taps_view(mask_src, 0, cout), relu))
     gy = gy.view(n * h * w, 4 * cout)
     wmat = _weight_matrix(weight)
-    dx = torch.empty_like(x)
+    dx = new_buffer(x.shape, x, memory_format=fmt)
     dx.permute(0, 2, 3, 1).copy_((gy @ wmat.t()).view(n, h, w, cin))
     dweight = (_pixel_major(x).t() @ gy).view(cin, 2, 2, cout).permute(0, 3, 1, 2).contiguous()
     dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)

@@ -47,8 +47,8 @@ def _up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], 
 @_up_concat.register_fake
 def _(x, skip, weight, bias, relu):
     n, _, h, w = x.shape
-    return x.new_empty((n, weight.shape[1] + skip.shape[1], 2 * h, 2 * w),
-                       memory_format=output_memory_format(x))
+    return torch.empty((n, weight.shape[1] + skip.shape[1], 2 * h, 2 * w), dtype=x.dtype,
+                       device=x.device, memory_format=output_memory_format(x))
 
 
 @torch.library.custom_op("unet_fast::up_concat_backward", mutates_args=())
@@ -66,8 +66,10 @@ def _up_concat_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: 
 def _(grad, out, x, weight, has_bias):
     n, _, h, w = x.shape
     cs = grad.shape[1] - weight.shape[1]
-    dskip = grad.new_empty((n, cs, 2 * h, 2 * w), memory_format=output_memory_format(x))
-    return torch.empty_like(x), dskip, torch.empty_like(weight), weight.new_empty(weight.shape[1])
+    fmt = output_memory_format(x)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    dskip = torch.empty((n, cs, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return dx, dskip, weight.new_empty(weight.shape), weight.new_empty(weight.shape[1])
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,0 +1,54 @@
+"""Shared by the tests: device, tolerances per dtype, random inputs, a comparison that explains."""
+import pytest
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# (rtol, atol) against a float64 reference computed from the same (rounded) inputs. Outputs are
+# rounded once to the dtype after float32 accumulation, so the rounding of the result dominates:
+# about one ulp of the dtype, more for sums over many pixels (atol is scaled by the largest
+# reference magnitude in `assert_close_to_reference`).
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+DTYPES = list(TOLERANCES)
+
+# Which implementation of the op a test runs: the Triton kernels (compiled on a GPU, interpreted
+# on the CPU) or the PyTorch path. The PyTorch path is chosen with its documented switch.
+PATHS = ["triton", "torch"]
+
+
+def select_path(monkeypatch, path: str) -> None:
+    if path == "torch":
+        monkeypatch.setenv("UNET_FAST_DISABLE_TRITON", "1")
+    else:
+        monkeypatch.delenv("UNET_FAST_DISABLE_TRITON", raising=False)
+        from unet_fast import uses_triton
+        if not uses_triton(torch.empty(0, device=DEVICE)):
+            pytest.skip("Triton kernels unavailable here (no GPU and TRITON_INTERPRET unset)")
+
+
+def randn(*shape, dtype=torch.float32, memory_format=torch.contiguous_format):
+    return torch.randn(*shape, dtype=torch.float64, device=DEVICE).to(dtype).contiguous(
+        memory_format=memory_format)
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtype, what: str = "") -> None:
+    """allclose against a float64 reference, NaN matching NaN, with a report of where it fails."""
+    rtol, atol = TOLERANCES[dtype]
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    scale = max(1.0, e[torch.isfinite(e)].abs().max().item()) if e.numel() and torch.isfinite(e).any() else 1.0
+    close = torch.isclose(a, e, rtol=rtol, atol=atol * scale, equal_nan=True)
+    if close.all():
+        return
+    bad = (~close).nonzero()
+    lines = [f"{what}: {bad.shape[0]} of {a.numel()} elements differ (dtype {dtype}, rtol {rtol}, "
+             f"atol {atol * scale:.2e}); NaN in actual {int(a.isnan().sum())}, in expected {int(e.isnan().sum())}"]
+    for idx in bad[:8].tolist():
+        lines.append(f"  at {tuple(idx)}: got {a[tuple(idx)].item():.6g}, want {e[tuple(idx)].item():.6g}")
+    raise AssertionError("\n".join(lines))

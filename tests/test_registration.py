@@ -1,0 +1,47 @@
+"""The torch.library registration: opcheck, and torch.compile(fullgraph=True) with no graph break."""
+import pytest
+import torch
+
+from unet_fast import ReferenceUNet, UNet, up_concat
+from helpers import DEVICE, PATHS, assert_close_to_reference, select_path
+from test_up_concat import make_inputs
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_opcheck_up_concat(monkeypatch, path, relu, layout):
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(2, 3, 4, 5, 2, 3, torch.float32,
+                                                                     memory_format=layout)]
+    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, bias, relu))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, None, relu))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck_up_concat_backward(monkeypatch, path):
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(2, 3, 4, 5, 2, 3, torch.float32)
+    out = up_concat(x, skip, weight, bias)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, out, x, weight, True))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, None, x, weight, False))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_compiled_unet_fullgraph_forward_and_backward(monkeypatch, path):
+    select_path(monkeypatch, path)
+    torch._dynamo.reset()
+    model = UNet(base_channels=4).to(DEVICE)
+    ref = ReferenceUNet(base_channels=4).to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True)
+    image = torch.rand(2, 3, 16, 24, device=DEVICE)
+    out = compiled(image)
+    expected = ref(image.double())
+    assert_close_to_reference(out, expected, torch.float32, "compiled logits")
+    out.square().mean().backward()
+    expected.square().mean().backward()
+    params64 = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert_close_to_reference(p.grad, params64[name].grad, torch.float32, f"compiled grad of {name}")

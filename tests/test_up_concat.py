@@ -1,0 +1,154 @@
+"""Forward of the fused op against unet_fast.reference, on the Triton kernels and the PyTorch path."""
+import pytest
+import torch
+
+import unet_fast
+from unet_fast import reference, up_concat
+from helpers import DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path
+
+# (N, Cin, Cout, Cs, H, W): odd channel counts, H or W of 1, odd spatial sizes, more than one
+# tile of pixels and of channels.
+SHAPES = [
+    (2, 17, 33, 3, 5, 7),
+    (1, 1, 1, 1, 1, 1),
+    (3, 3, 17, 33, 1, 9),
+    (1, 33, 3, 17, 6, 1),
+    (2, 40, 36, 20, 7, 5),
+]
+
+
+def make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=torch.contiguous_format, bias=True):
+    x = randn(n, cin, h, w, dtype=dtype, memory_format=memory_format)
+    skip = randn(n, cs, 2 * h, 2 * w, dtype=dtype, memory_format=memory_format)
+    weight = randn(cin, cout, 2, 2, dtype=dtype)
+    b = randn(cout, dtype=dtype) if bias else None
+    return x, skip, weight, b
+
+
+def reference_out(x, skip, weight, bias, relu):
+    up = [t.double() if t is not None else None for t in (x, skip, weight, bias)]
+    return reference.up_concat(*up, relu=relu)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_matches_reference(monkeypatch, path, shape, dtype, relu):
+    select_path(monkeypatch, path)
+    args = make_inputs(*shape, dtype)
+    out = up_concat(*args, relu=relu)
+    assert out.dtype == dtype and out.device.type == DEVICE.type
+    assert_close_to_reference(out, reference_out(*args, relu), dtype, "out")
+
+
+LAYOUTS = ["contiguous", "channels_last", "strided_view"]
+
+
+def layout_inputs(layout, dtype):
+    n, cin, cout, cs, h, w = 2, 19, 21, 11, 6, 5
+    if layout == "strided_view":
+        # Every tensor a view with gaps and odd strides: the kernels take all strides as given.
+        x = randn(n, cin + 3, h, 2 * w, dtype=dtype)[:, 2:cin + 2, :, ::2]
+        skip = randn(n, 2 * h, 2 * w, cs + 1, dtype=dtype).permute(0, 3, 1, 2)[:, 1:]
+        weight = randn(cout, cin, 2, 2, dtype=dtype).transpose(0, 1)
+        bias = randn(2 * cout, dtype=dtype)[::2]
+        return x, skip, weight, bias
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=fmt)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_layouts(monkeypatch, path, layout, dtype):
+    select_path(monkeypatch, path)
+    args = layout_inputs(layout, dtype)
+    out = up_concat(*args)
+    assert_close_to_reference(out, reference_out(*args, True), dtype, f"out ({layout})")
+    # The result keeps x's memory format.
+    x = args[0]
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_forward_without_bias(monkeypatch, path):
+    select_path(monkeypatch, path)
+    args = make_inputs(2, 5, 6, 7, 3, 4, torch.float32, bias=False)
+    assert_close_to_reference(up_concat(*args), reference_out(*args, True), torch.float32, "out")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_empty_batch(monkeypatch, path):
+    select_path(monkeypatch, path)
+    args = make_inputs(0, 5, 6, 7, 3, 4, torch.float32)
+    out = up_concat(*args)
+    assert out.shape == (0, 13, 6, 8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("relu", [True, False])
+def test_nan_and_inf_propagate_as_in_reference(monkeypatch, path, relu):
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(1, 4, 5, 3, 3, 3, torch.float32)
+    x[0, 1, 1, 1] = float("nan")
+    x[0, 2, 0, 2] = float("inf")
+    skip[0, 0, 2, 3] = float("nan")
+    skip[0, 1, 4, 4] = float("-inf")
+    skip[0, 2, 1, 1] = float("inf")
+    out = up_concat(x, skip, weight, bias, relu=relu)
+    expected = reference_out(x, skip, weight, bias, relu)
+    assert expected.isnan().any() and expected.isinf().any()  # the test really exercises both
+    assert_close_to_reference(out, expected, torch.float32, "out")
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="checks the CPU interpreter path")
+def test_interpreter_runs_the_triton_kernel(monkeypatch):
+    """On the CPU with TRITON_INTERPRET=1 the op must run the Triton kernel, not the PyTorch path."""
+    from unet_fast import torch_path
+    from unet_fast.kernels import up_concat_forward as fwd_module
+
+    select_path(monkeypatch, "triton")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the PyTorch path ran")
+
+    monkeypatch.setattr(torch_path, "up_concat_forward", fail)
+    launches = []
+    kernel = fwd_module.up_concat_forward_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(fwd_module, "up_concat_forward_kernel", Spy())
+    args = make_inputs(1, 3, 4, 5, 2, 3, torch.float32)
+    out = up_concat(*args)
+    assert len(launches) == 1, "exactly one kernel launch per forward"
+    assert_close_to_reference(out, reference_out(*args, True), torch.float32, "out")
+    assert unet_fast.uses_triton(args[0])
+
+
+def test_offsets_past_2_31_elements():
+    """Tensors whose elements lie past 2**31 from their base: every pixel, channel and image offset
+    is computed in int64. The buffers are reserved, not touched, so this costs little memory."""
+    from unet_fast.kernels.up_concat_forward import up_concat_forward
+
+    if not unet_fast.uses_triton(torch.empty(0, device=DEVICE)):
+        pytest.skip("Triton kernels unavailable here")
+    big = 2**31 + 1024
+    n, cin, cout, cs, h, w = 2, 3, 2, 2, 2, 2
+    x_store = torch.empty(big, dtype=torch.float16, device=DEVICE)
+    out_store = torch.empty(big, dtype=torch.float16, device=DEVICE)
+    # Image 1 of x and of out starts 2**31 elements after image 0.
+    x = x_store.as_strided((n, cin, h, w), (2**31, h * w, w, 1))
+    x.copy_(torch.randn(n, cin, h, w, device=DEVICE, dtype=torch.float16))
+    out = out_store.as_strided((n, cout + cs, 2 * h, 2 * w), (2**31, 4 * h * w, 2 * w, 1))
+    out.fill_(float("nan"))
+    skip = randn(n, cs, 2 * h, 2 * w, dtype=torch.float16)
+    weight = randn(cin, cout, 2, 2, dtype=torch.float16)
+    bias = randn(cout, dtype=torch.float16)
+    up_concat_forward(x, skip, weight, bias, True, out=out)
+    assert_close_to_reference(out, reference_out(x, skip, weight, bias, True), torch.float16, "out")

@@ -1,0 +1,97 @@
+"""Gradients of the fused op (x, skip, weight, bias) against reference autograd in float64."""
+import pytest
+import torch
+
+from unet_fast import up_concat
+from unet_fast.up_concat_op import _up_concat_backward
+from helpers import DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path
+from test_up_concat import LAYOUTS, SHAPES, layout_inputs, make_inputs, reference_out
+
+
+def grads_against_reference(args, relu, dtype, what=""):
+    """Run the op and the float64 reference backward with one random grad_output; compare all."""
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in args]
+    ref_out = reference_out(*ref_leaves, relu)
+    grad_out = randn(*ref_out.shape, dtype=dtype)
+    if relu:
+        # An output within rounding of 0 may land on either side of the ReLU in the op and in the
+        # float64 reference; its gradient is ill-defined, so it gets no gradient to compare.
+        near_kink = ref_out.detach().abs() < 1e-4 * max(1.0, ref_out.detach().abs().max().item())
+        grad_out = grad_out.masked_fill(near_kink, 0)
+    ref_out.backward(grad_out.double())
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in args]
+    up_concat(*leaves, relu=relu).backward(grad_out)
+    for name, got, ref in zip(("dx", "dskip", "dweight", "dbias"), leaves, ref_leaves):
+        if got is None:
+            continue
+        assert got.grad.dtype == dtype
+        assert_close_to_reference(got.grad, ref.grad, dtype, f"{name}{what}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_backward_matches_reference(monkeypatch, path, shape, dtype, relu):
+    select_path(monkeypatch, path)
+    grads_against_reference(make_inputs(*shape, dtype), relu, dtype)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_layouts(monkeypatch, path, layout, dtype):
+    select_path(monkeypatch, path)
+    grads_against_reference(layout_inputs(layout, dtype), True, dtype, f" ({layout})")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_backward_without_bias_and_many_pixels(monkeypatch, path):
+    """No bias; enough pixels that the weight gradient is split over several programs."""
+    select_path(monkeypatch, path)
+    grads_against_reference(make_inputs(3, 6, 5, 4, 9, 11, torch.float32, bias=False), True, torch.float32)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_backward_empty_batch(monkeypatch, path):
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(0, 5, 6, 7, 3, 4, torch.float32)]
+    up_concat(x, skip, weight, bias).sum().backward()
+    assert x.grad.shape == x.shape and skip.grad.shape == skip.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("relu", [True, False])
+def test_gradcheck_float64(monkeypatch, path, relu):
+    select_path(monkeypatch, path)
+    args = [t.requires_grad_() for t in make_inputs(1, 2, 2, 1, 2, 2, torch.float64)]
+    assert torch.autograd.gradcheck(lambda *a: up_concat(*a, relu=relu), args, eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_relu_mask_gates_gradients(monkeypatch, path):
+    """Where the output was clipped to 0, no gradient flows: to x through Cout, nor to skip."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(1, 3, 2, 2, 2, 2, torch.float32)
+    skip = (-skip.abs()).requires_grad_()   # every skip value negative: all clipped
+    bias = torch.full_like(bias, -1e3).requires_grad_()  # every conv output clipped too
+    x.requires_grad_()
+    weight.requires_grad_()
+    up_concat(x, skip, weight, bias).sum().backward()
+    for name, t in (("x", x), ("skip", skip), ("weight", weight), ("bias", bias)):
+        assert torch.equal(t.grad, torch.zeros_like(t)), name
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_backward_op_directly(monkeypatch, path):
+    """The registered backward op, on a grad with stride-0 dims (what autograd passes for .sum())."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(2, 3, 4, 5, 2, 3, torch.float32)
+    out = up_concat(x, skip, weight, bias)
+    grad = torch.ones(1, device=DEVICE).expand_as(out)
+    dx, dskip, dweight, dbias = _up_concat_backward(grad, out, x, weight, True)
+    ref = [t.double().requires_grad_() for t in (x, skip, weight, bias)]
+    reference_out(*ref, True).sum().backward()
+    for name, got, r in zip(("dx", "dskip", "dweight", "dbias"), (dx, dskip, dweight, dbias), ref):
+        assert_close_to_reference(got, r.grad, torch.float32, name)
