@@ -62,3 +62,39 @@ def pixel_coords(offs_m, H, W):
     col = rem - row * W
     return img, row, col
 
+
+
+# Tiles the GPU chooses among, per (CIN, COUT, CS) and dtype (Triton's autotuner adds the dtypes
+# to the key). Four fp32 accumulators of BLOCK_M x BLOCK_N must fit in registers, so the large
+# tiles come with 8 warps. All sides are >= 16 (tl.dot's minimum for 16-bit types).
+GPU_TILE_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    for bm, bn, bk, warps, stages in [
+        (128, 64, 32, 8, 3),
+        (128, 32, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (64, 128, 32, 8, 3),
+        (128, 128, 32, 8, 2),
+        (256, 32, 32, 8, 3),
+        (64, 32, 32, 4, 4),
+        (32, 64, 64, 4, 3),
+    ]
+]
+
+
+def autotuned(kernel):
+    """The kernel behind Triton's autotuner, for GPU launches of 16/32-bit tensors."""
+    return triton.autotune(configs=GPU_TILE_CONFIGS, key=["CIN", "COUT", "CS"])(kernel)
+
+
+def fixed_tiles(dtype: torch.dtype):
+    """Tiles for launches that are not autotuned, or None for an autotuned launch.
+
+    float64 (gradcheck only) takes small tiles: its broadcast product holds BLOCK_M*BLOCK_K*BLOCK_N
+    values. The interpreter takes the GPU's smallest legal tiles, so CPU tests run shapes the GPU
+    also compiles, without timing eight configurations program by program."""
+    if dtype == torch.float64:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
+    if interpreting():
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
+    return None

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .layout import new_buffer, output_memory_format
-from .common import interpreting, math_settings, pixel_coords, tile_product
+from .common import autotuned, fixed_tiles, math_settings, pixel_coords, tile_product
 
 
 @triton.jit
@@ -151,13 +151,10 @@ def up_concat_backward_weight_kernel(
             tl.store(db_ptr + pid_s * COUT + offs_o, bias_acc, mask=mask_o)
 
 
-def backward_config(dtype: torch.dtype) -> dict:
-    """Tiles for both backward kernels; see forward_config for why the interpreter uses 32/16."""
-    if dtype == torch.float64:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
-    if interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)
+up_concat_backward_input_kernel_autotuned = autotuned(up_concat_backward_input_kernel)
+
+# The weight kernel's grid depends on BLOCK_K through the split of pixels, so it is not autotuned.
+WEIGHT_KERNEL_GPU_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)
 
 
 def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device) -> int:
@@ -172,9 +169,8 @@ def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device) -
 
 def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                        relu: bool, has_bias: bool):
-    """Gradients (dx, dskip, dweight, dbias) of up_concat given its output `out`.
-
-    dbias is zeros of [Cout] when has_bias is False."""
+    """Gradients (dx, dskip, dweight, dbias) of up_concat given its output `out` (read for the
+    ReLU mask only when relu). dbias is zeros of [Cout] when has_bias is False."""
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     cs = out.shape[1] - cout
@@ -184,33 +180,36 @@ def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, w
     m = n * h * w
     if m == 0:
         return dx, dskip, torch.zeros_like(weight), weight.new_zeros(cout)
-    cfg = backward_config(x.dtype)
     math = math_settings(x.dtype)
-    block_m, block_n, block_k = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = fixed_tiles(x.dtype)
 
-    grid = (triton.cdiv(m, block_m), triton.cdiv(cin, block_n) + triton.cdiv(cs, block_n))
-    up_concat_backward_input_kernel[grid](
+    def input_grid(meta):
+        # Column tiles: Cin channels of dx, then Cs channels of dskip.
+        block_n = meta["BLOCK_N"]
+        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cin, block_n) + triton.cdiv(cs, block_n)
+
+    kernel = up_concat_backward_input_kernel if tiles else up_concat_backward_input_kernel_autotuned
+    kernel[input_grid](
         grad, out, weight, dx, dskip,
         m, h, w, cin, cout, cs,
         *grad.stride(), *out.stride(), *weight.stride(), *dx.stride(), *dskip.stride(),
-        RELU=relu, **math, **cfg,
+        RELU=relu, **math, **(tiles or {}),
     )
 
-    tiles = triton.cdiv(cin, block_m) * triton.cdiv(cout, block_n)
-    splits = weight_grad_splits(m, tiles, block_k, x.device)
+    tiles = tiles or WEIGHT_KERNEL_GPU_TILES
+    block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
+    splits = weight_grad_splits(m, triton.cdiv(cin, block_m) * triton.cdiv(cout, block_n), block_k, x.device)
     pix_per_split = triton.cdiv(triton.cdiv(m, block_k), splits) * block_k
     splits = triton.cdiv(m, pix_per_split)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     dw_part = new_buffer((splits, cin, cout, 4), x, dtype=acc_dtype)
     db_part = new_buffer((splits, cout), x, dtype=acc_dtype)
-    grid = (triton.cdiv(cin, block_m), triton.cdiv(cout, block_n), splits)
-    up_concat_backward_weight_kernel[grid](
+    up_concat_backward_weight_kernel[(triton.cdiv(cin, block_m), triton.cdiv(cout, block_n), splits)](
         grad, out, x, dw_part, db_part,
         m, h, w, cin, cout, pix_per_split,
         *grad.stride(), *out.stride(), *x.stride(),
-        RELU=relu, HAS_BIAS=has_bias, **math, **cfg,
+        RELU=relu, HAS_BIAS=has_bias, **math, **tiles,
     )
     dweight = dw_part.sum(0).view(cin, cout, 2, 2).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if has_bias else weight.new_zeros(cout)
     return dx, dskip, dweight, dbias
-

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .layout import new_buffer, output_memory_format
-from .common import interpreting, math_settings, pixel_coords, relu_keep_nan, tile_product
+from .common import autotuned, fixed_tiles, math_settings, pixel_coords, relu_keep_nan, tile_product
 
 
 @triton.jit
@@ -100,16 +100,7 @@ def up_concat_forward_kernel(
             tl.store(out_ptrs + a * soh + b * sow, v.to(out_dtype), mask=mask)
 
 
-def forward_config(cin: int, cout: int, cs: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and launch settings. The interpreter gets the GPU's smallest legal tiles
-    (tl.dot needs 16 on every side for 16-bit types) so CPU tests run the shapes the GPU compiles."""
-    if dtype == torch.float64:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
-    if interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
-    block_n = 64 if max(cout, cs) >= 64 else 32
-    block_k = 64 if cin >= 64 else 32 if cin >= 32 else 16
-    return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=3)
+up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel)
 
 
 def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
@@ -125,13 +116,19 @@ def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
     m = n * h * w
     if m == 0:
         return out
-    cfg = forward_config(cin, cout, cs, x.dtype)
-    block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n) + triton.cdiv(cs, block_n))
-    up_concat_forward_kernel[grid](
+    tiles = fixed_tiles(x.dtype)
+    kernel = up_concat_forward_kernel if tiles else up_concat_forward_kernel_autotuned
+
+    def grid(meta):
+        # Column tiles: Cout channels of the convolution, then Cs channels of skip.
+        block_n = meta["BLOCK_N"]
+        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, block_n) + triton.cdiv(cs, block_n)
+
+    kernel[grid](
         x, skip, weight, bias if bias is not None else weight, out,
         m, h, w, cin, cout, cs,
-        *x.stride(), *skip.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *out.stride(),
-        HAS_BIAS=bias is not None, RELU=relu, **math_settings(x.dtype), **cfg,
+        *x.stride(), *skip.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
+        *out.stride(),
+        HAS_BIAS=bias is not None, RELU=relu, **math_settings(x.dtype), **(tiles or {}),
     )
     return out
