@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["unet_fast", "unet_fast.kernels"],
+    packages=["unet_fast", "unet_fast.bench", "unet_fast.kernels"],
     package_dir={"unet_fast": "unet_fast", "unet_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.5",

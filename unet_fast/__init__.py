@@ -7,6 +7,8 @@ fused Triton kernel each, forward and backward.
 from .model import UNet
 from .reference import ReferenceUNet
 from .up_concat_op import up_concat, uses_triton
+from .checkpoint import load
+from .predict import predict
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "ReferenceUNet", "up_concat", "uses_triton", "__version__"]
+__all__ = ["UNet", "ReferenceUNet", "up_concat", "uses_triton", "load", "predict", "__version__"]

@@ -12,6 +12,11 @@ from .errors import CLIError
 
 SUBCOMMANDS = {
     "check": "unet_fast.check",
+    "bench": "unet_fast.bench.cli",
+    "train": "unet_fast.train",
+    "predict": "unet_fast.predict",
+    "export": "unet_fast.export",
+    "demo": "unet_fast.demo",
 }
 
 

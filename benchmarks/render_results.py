@@ -1,0 +1,247 @@
+"""Write benchmarks/RESULTS.md from the JSON files in benchmarks/results/ and nothing else.
+
+    python benchmarks/render_results.py            # rewrite RESULTS.md
+    python benchmarks/render_results.py --check    # exit 1 if RESULTS.md is out of date
+
+Every measured number in RESULTS.md comes from a JSON file written by `unet-fast bench --json`;
+where no file has it, the cell says "not measured". The only other numbers are the roofline
+predictions, computed from the byte formula in unet_fast/bench/roofline.py and labelled as such.
+Needs only the standard library (and unet_fast for the formula), so it runs anywhere.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+OUT = os.path.join(HERE, "RESULTS.md")
+NM = "not measured"
+# FACTS.md: H100 device-to-device copy ceiling, the floor for the predictions below.
+H100_COPY_GBPS = 3000.0
+STEPS = (("up3", 512, 256, 256, 64), ("up2", 256, 128, 128, 128), ("up1", 128, 64, 64, 256))
+MODE = {"forward": "fwd", "backward": "bwd", "full": "fwd+bwd"}
+DT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+ORDER = ("eager", "fused", "compiled", "fused-compiled")
+# gpt-fast's waterfall: one row per technique added on top of the previous one. For the decoder
+# steps the last row is the fused op itself (a compiled up_concat is the same opaque op); for the
+# model it is UNet under torch.compile, i.e. the fused kernel on top of the compiled model.
+WATERFALL = (("eager fp32", "eager", "eager", "float32", "contiguous"),
+             ("+ bf16", "eager", "eager", "bfloat16", "contiguous"),
+             ("+ channels_last", "eager", "eager", "bfloat16", "channels_last"),
+             ("+ torch.compile", "compiled", "compiled", "bfloat16", "channels_last"),
+             ("+ fused kernel", "fused", "fused-compiled", "bfloat16", "channels_last"))
+
+
+def load():
+    docs = []
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+        with open(path) as f:
+            doc = json.load(f)
+        doc["file"] = os.path.relpath(path, HERE)
+        docs.append(doc)
+    return docs
+
+
+def _key(r):
+    return (r["case_label"], r["dtype"], r["layout"], r["mode"], r["provider"])
+
+
+def merge(docs):
+    """One document per device: a GPU session runs the harness in stages (each under the device
+    tool's 10-minute limit), one JSON file each. Rows are merged, a later run replacing an
+    earlier row with the same case/dtype/layout/mode/provider, and the speedups recomputed over
+    the merged eager rows (a stage without eager rows has none of its own)."""
+    by_device = {}
+    for doc in sorted(docs, key=lambda d: d["meta"]["date"]):
+        by_device.setdefault((doc["meta"]["device"], doc["meta"]["device_name"]), []).append(doc)
+    merged = []
+    for (_kind, _name), group in by_device.items():
+        rows = {}
+        for doc in group:
+            for r in doc["rows"]:
+                if r["status"] == "ok" or _key(r) not in rows:
+                    rows[_key(r)] = dict(r)
+        rows = list(rows.values())
+        eager = {_key(r)[:4]: r["median_ms"] for r in rows if r["provider"] == "eager" and r["status"] == "ok"}
+        for r in rows:
+            base = eager.get(_key(r)[:4])
+            r["speedup_vs_eager"] = base / r["median_ms"] if base and r["status"] == "ok" else None
+        merged.append(dict(meta=group[-1]["meta"], files=group, rows=rows))
+    return merged
+
+
+def ms(v):
+    return NM if v is None else (f"{v:.3f}" if v < 100 else f"{v:.1f}")
+
+
+def find(rows, case, provider, dtype, layout, mode):
+    for r in rows:
+        if (r["case"], r["provider"], r["dtype"], r["layout"], r["mode"]) == (case, provider, dtype, layout, mode):
+            return r
+    return None
+
+
+def cell(r, key="median_ms", fmt=ms):
+    if r is None:
+        return NM
+    if r["status"] != "ok":
+        return r["status"]
+    return fmt(r[key])
+
+
+def conditions(merged):
+    lines = []
+    for doc in merged["files"]:
+        m = doc["meta"]
+        floor = f"{m['ceiling_gbps']:.0f} GB/s ({m['ceiling_source']})" if m.get("ceiling_gbps") else "none"
+        lines.append(f"- `{doc['file']}`: **{m['device_name']}**, torch {m['torch']}, triton {m['triton']}, "
+                     f"commit `{m['commit']}`, {m['date']}, {len(doc['rows'])} rows. Timer: {m['timer']}; "
+                     f"{m['n_sets']} input sets rotated. Fused path: {m['fused_path']}. "
+                     f"Bandwidth floor (100%): {floor}; measured copy {m['measured_copy_gbps']:.1f} GB/s."
+                     + (f" Load average {m['loadavg_start']} at start, {m.get('loadavg_end')} at end "
+                        f"({m['cpu_count']} cores)." if m.get("loadavg_start") is not None and m["device"] == "cpu" else ""))
+    return "\n".join(lines)
+
+
+def table(header, body):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return lines
+
+
+def waterfall(doc):
+    rows = doc["rows"] if doc else []
+    base = find(rows, "unet", "eager", "float32", "contiguous", "full")
+    body = []
+    for label, step_p, model_p, dtype, layout in WATERFALL:
+        steps = [cell(find(rows, s[0], step_p, dtype, layout, "full")) for s in STEPS]
+        train = find(rows, "unet", model_p, dtype, layout, "full")
+        infer = find(rows, "unet", model_p, dtype, layout, "forward")
+        speed = (f"{base['median_ms'] / train['median_ms']:.2f}x"
+                 if base and train and base["status"] == train["status"] == "ok" else NM)
+        body.append([label, f"{step_p} / {model_p}", DT[dtype], layout, *steps, cell(train), cell(infer),
+                     speed, cell(infer, "rel_err", lambda v: f"{v:.1e}")])
+    return table(["step", "provider (steps / UNet)", "dtype", "layout", "up3 fwd+bwd ms",
+                  "up2 fwd+bwd ms", "up1 fwd+bwd ms", "UNet train step ms", "UNet inference ms",
+                  "train speedup vs eager fp32", "UNet rel err vs fp64"], body)
+
+
+def roofline_table(doc):
+    from unet_fast.bench.roofline import forward_bytes
+    rows = doc["rows"] if doc else []
+    body = []
+    for name, cin, cout, h in ((s[0], s[1], s[2], s[4]) for s in STEPS):
+        nbytes = forward_bytes(8, cin, cout, cout, h, h, 2)
+        fused = find(rows, name, "fused", "bfloat16", "channels_last", "forward")
+        body.append([f"{name} {cin}->{cout} @{h}x{h}", f"x [8,{cin},{h},{h}] skip [8,{cout},{2*h},{2*h}]",
+                     f"{nbytes / 1e6:.1f}", f"{nbytes / (H100_COPY_GBPS * 1e9) * 1e6:.1f}",
+                     *(cell(find(rows, name, p, "bfloat16", "channels_last", "forward")) for p in ("eager", "compiled")),
+                     cell(fused), cell(fused, "pct_of_floor", lambda v: f"{v:.0f}%")])
+    return table(["step", "shapes (batch 8)", "fwd MB (bf16)", "predicted floor us at 3.0 TB/s",
+                  "eager ms", "compiled ms", "fused ms", "fused % of floor"], body)
+
+
+def pivot(doc):
+    """One line per (case, dtype, layout, mode), one column group per provider present."""
+    rows = doc["rows"]
+    # A provider skipped in every row (torch.compile on the CPU is opt-in) gets a sentence, not columns.
+    providers = [p for p in ORDER if any(r["provider"] == p and r["status"] != "skipped" for r in rows)]
+    skipped = sorted({(r["provider"], r["note"]) for r in rows
+                      if r["status"] == "skipped" and r["provider"] not in providers})
+    header = ["case", "shapes", "dtype", "layout", "mode"]
+    for p in providers:
+        header += [f"{p} ms"] + ([f"{p} speedup"] if p != "eager" else [])
+    header += ["fused GB/s", "fused % floor", "fused peak MB"]
+    body = []
+    keys = list(dict.fromkeys((r["case"], r["case_label"], r["dtype"], r["layout"], r["mode"]) for r in rows))
+    for case, label, dtype, layout, mode in keys:
+        shapes = next(r["shapes"] for r in rows if r["case_label"] == label)
+        shape_text = ", ".join(f"{k} {v}" for k, v in shapes.items() if k in ("x", "skip", "image"))
+        line = [label, shape_text, DT[dtype], layout, MODE[mode]]
+        for p in providers:
+            r = find(rows, case, p, dtype, layout, mode)
+            line.append(cell(r) if r else "-")
+            if p != "eager":
+                line.append(cell(r, "speedup_vs_eager", lambda v: f"{v:.2f}x") if r else "-")
+        fused = find(rows, case, "fused", dtype, layout, mode)
+        line += [cell(fused, "gbps", lambda v: "-" if v is None else f"{v:.1f}"),
+                 cell(fused, "pct_of_floor", lambda v: "-" if v is None else f"{v:.1f}%"),
+                 cell(fused, "peak_mb", lambda v: "n/a" if v is None else f"{v:.0f}")]
+        body.append(line)
+    notes = [f"Not run: {', '.join(sorted({p for p, _ in skipped}))} ({skipped[0][1]})."] if skipped else []
+    return table(header, body) + ([""] + notes if notes else [])
+
+
+def cpu_target(doc, target=1.5):
+    """The CPU goal: the fused op's PyTorch path at least 1.5x eager, forward, per decoder step."""
+    out = []
+    for r in doc["rows"]:
+        if r["kind"] == "step" and r["provider"] == "fused" and r["mode"] == "forward" and r["speedup_vs_eager"]:
+            verdict = "meets" if r["speedup_vs_eager"] >= target else "**misses**"
+            out.append(f"{r['case']} {DT[r['dtype']]} {r['layout']}: {r['speedup_vs_eager']:.2f}x ({verdict})")
+    return f"Target fused >= {target}x eager, forward: " + "; ".join(out) + "." if out else ""
+
+
+def render(docs) -> str:
+    docs = merge(docs)
+    gpu = [d for d in docs if d["meta"]["device"] == "cuda"]
+    cpu = [d for d in docs if d["meta"]["device"] == "cpu"]
+    md = ["# unet_fast benchmark results", "",
+          "Generated by `python benchmarks/render_results.py` from `benchmarks/results/*.json` "
+          "(written by `unet-fast bench --json`); do not edit by hand. Bytes are compulsory traffic "
+          "(unet_fast/bench/roofline.py); % floor is achieved GB/s over the device's copy ceiling; "
+          "speedups are over the eager PyTorch reference (unet_fast.reference) with the same dtype, "
+          "layout and mode.", "", "## GPU", ""]
+    if not gpu:
+        md += ["No GPU run has been recorded yet (`benchmarks/gpu_run.sh` makes one): every GPU "
+               "number below is **not measured**.", ""]
+    for doc in gpu or [None]:
+        md += [conditions(doc) if doc else "Planned: batch 8, 512x512, the default UNet (base 64).", "",
+               "### Waterfall (each row adds one technique to the row above)", ""]
+        md += waterfall(doc) + [""]
+        md += ["### Decoder steps against the roofline (bf16, channels_last, forward)", "",
+               "The predicted floor is the byte formula at FACTS.md's 3.0 TB/s H100 copy ceiling: "
+               "a prediction, not a measurement.", ""]
+        md += roofline_table(doc) + [""]
+        if doc:
+            md += ["### Every row", ""] + pivot(doc) + [""]
+            md += [f"![speedup over eager]({f['file'][:-5]}.png)" for f in doc["files"]
+                   if os.path.exists(os.path.join(HERE, f["file"][:-5] + ".png"))] + [""]
+    md += ["## CPU", "",
+           "The fused op on the CPU is its PyTorch path (unet_fast/torch_path.py), not Triton. "
+           "Wall-clock timings on a shared machine: read the speedups, not the last digit.", ""]
+    if not cpu:
+        md += ["No CPU run recorded.", ""]
+    for doc in cpu:
+        md += [conditions(doc), ""] + pivot(doc) + [""]
+        md += [f"![speedup over eager]({f['file'][:-5]}.png)" for f in doc["files"]
+               if os.path.exists(os.path.join(HERE, f["file"][:-5] + ".png"))] + [""]
+        target = cpu_target(doc)
+        if target:
+            md += [target, ""]
+    return "\n".join(md).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if RESULTS.md is out of date")
+    args = parser.parse_args(argv)
+    text = render(load())
+    if args.check:
+        with open(OUT) as f:
+            current = f.read()
+        if current != text:
+            print("benchmarks/RESULTS.md is out of date: run python benchmarks/render_results.py")
+            return 1
+        return 0
+    with open(OUT, "w") as f:
+        f.write(text)
+    print(f"wrote {os.path.relpath(OUT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(HERE))  # unet_fast from this checkout, installed or not
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The benchmark harness runs, writes complete JSON rows and a plot. Speed is never asserted here:
+timings on shared CI machines mean nothing, and the harness's job is to report them."""
+import json
+
+import pytest
+import torch
+
+from unet_fast.bench import cases as C
+from unet_fast.bench import roofline
+from unet_fast.cli import main
+
+ROW_FIELDS = {"device", "device_name", "torch", "triton", "commit", "date", "case", "case_label",
+              "shapes", "dtype", "layout", "mode", "provider", "impl", "status", "note", "median_ms",
+              "q20_ms", "q80_ms", "min_ms", "speedup_vs_eager", "bytes", "gbps", "pct_of_floor", "peak_mb",
+              "rel_err"}
+
+
+@pytest.fixture
+def pytorch_path(monkeypatch):
+    # The harness itself forces the PyTorch path on the CPU; this makes sure nothing in the
+    # test runs Triton's interpreter at benchmark sizes either.
+    monkeypatch.setenv("UNET_FAST_DISABLE_TRITON", "1")
+
+
+def test_quick_run_writes_json_and_plot(tmp_path, pytorch_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "speedup.png"
+    threads = torch.get_num_threads()
+    rc = main(["bench", "--quick", "--device", "cpu", "--case", "up1,unet,custom",
+               "--shape", "1,8,4,4,3,5", "--image-size", "16", "--base-channels", "4",
+               "--model-size", "16", "--provider", "all", "--warmup", "0", "--repeats", "1",
+               "--no-progress", "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    doc = json.loads(out_json.read_text())
+    meta = doc["meta"]
+    assert meta["device"] == "cpu" and meta["fused_path"] == "PyTorch path"
+    assert meta["torch"] == torch.__version__ and meta["commit"] and meta["date"]
+    assert meta["measured_copy_gbps"] > 0 and meta["ceiling_gbps"] > 0
+
+    rows = doc["rows"]
+    assert {r["case"] for r in rows} == {"up1", "custom", "unet"}
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert r["mode"] == "full" and r["dtype"] == "float32"
+        if r["provider"] in ("compiled", "fused-compiled"):
+            # opt-in on the CPU: present in the table, with a note that says why it is empty
+            assert r["status"] == "skipped" and "--compile" in r["note"] and r["median_ms"] is None
+            continue
+        assert r["status"] == "ok", r["note"]
+        assert r["median_ms"] > 0 and r["peak_mb"] is None  # no peak-memory counter on the CPU
+        assert r["rel_err"] < 1e-5
+        assert r["speedup_vs_eager"] > 0
+        if r["provider"] == "eager":
+            assert r["speedup_vs_eager"] == pytest.approx(1.0)
+        if r["kind"] == "step":
+            assert r["gbps"] > 0 and r["pct_of_floor"] > 0
+        else:
+            assert r["bytes"] is None and r["gbps"] is None
+
+    custom = next(r for r in rows if r["case"] == "custom")
+    assert custom["shapes"]["x"] == [1, 8, 3, 5] and custom["shapes"]["skip"] == [1, 4, 6, 10]
+    assert custom["bytes"] == roofline.step_bytes("full", 1, 8, 4, 4, 3, 5, 4)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert torch.get_num_threads() == threads  # the harness may pick fewer; it restores them
+
+
+def test_forward_bytes_match_facts_table():
+    # FACTS.md: bf16, batch 8, the default UNet at 512x512: 235.9, 470.0, 939.6 MB forward.
+    steps = C.decoder_cases(batch=8, image_size=512)
+    mb = [round(c.nbytes("forward", torch.bfloat16) / 1e6, 1) for c in steps]
+    assert mb == [235.9, 470.0, 939.6]
+    assert [c.shapes()["x"] for c in steps] == [[8, 512, 64, 64], [8, 256, 128, 128], [8, 128, 256, 256]]
+
+
+def test_backward_bytes_count_each_tensor_once():
+    n, cin, cout, cs, h, w = 2, 16, 8, 4, 3, 5
+    pixels = n * h * w
+    expected = 4 * (4 * pixels * (cout + cs) * 2  # grad and the saved output (ReLU mask)
+                    + 2 * pixels * cin            # x read, dx written
+                    + 4 * pixels * cs             # dskip written
+                    + 2 * 4 * cin * cout)         # weight read, dweight written
+    assert roofline.backward_bytes(n, cin, cout, cs, h, w, 4) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "float8"], "unknown dtype"),
+    (["--case", "custom"], "needs at least one --shape"),
+    (["--shape", "1,2,3"], "six positive integers"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--json", "/nonexistent-folder/bench.json"], "does not exist"),
+])
+def test_bad_options_are_one_line_errors(argv, message, capsys, pytorch_path):
+    assert main(["bench", "--quick", "--device", "cpu", "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err

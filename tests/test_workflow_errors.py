@@ -1,0 +1,180 @@
+"""Bad input to train / predict / export: exit code 2, one line naming the problem, nothing written."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unet_fast import checkpoint
+from unet_fast.atomic_write import atomic_write
+from unet_fast.model import UNet
+from unet_fast.train import fit
+from workflow_fixtures import (assert_cli_error, make_folder_dataset, pytorch_path,  # noqa: F401
+                               tiny_options, tree)
+
+TINY = ["--epochs", "1", "--base-channels", "4", "--batch-size", "2", "--no-progress"]
+
+
+def _corrupt_png(path):
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8) + 100).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated: the header reads, the pixels do not
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    model = UNet(out_channels=2, base_channels=4)
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, {"config": checkpoint.model_config(model, ["bg", "fg"]),
+                           "model": model.state_dict(), "epoch": 0, "history": []})
+    return path
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
+    return path
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+def test_train_missing_data_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--data", tmp_path / "nope", "--out", out, *TINY,
+                     contains=["nope", "not found"])
+    assert not out.exists()
+
+
+def test_train_corrupt_image_names_the_file(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", count=3)
+    _corrupt_png(root / "images" / "img_1.png")
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--out", out, *TINY,
+                     contains=["img_1.png"])
+    assert not out.exists()
+
+
+def test_train_mask_values_out_of_range(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", count=3, num_classes=3)
+    out = tmp_path / "out"
+    # The masks hold 0, 1, 2: with --num-classes 2, class 2 is out of range.
+    assert_cli_error(capsys, "train", "--data", root, "--num-classes", "2", "--out", out, *TINY,
+                     contains=["img_1_mask.png", "values found: 0, 2", "[0, 2)"])
+    assert not out.exists()
+
+
+def test_train_image_and_mask_sizes_differ(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", count=3)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "masks" / "img_0_mask.png")
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--out", out, *TINY,
+                     contains=["img_0.png is 32x24", "img_0_mask.png is 12x10"])
+    assert not out.exists()
+
+
+def test_train_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "16", "--out", blocker / "run",
+                     *TINY, contains=["cannot write to output folder", "file.txt"])
+    assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "16", "--out", blocker, *TINY,
+                     contains=["exists and is not a folder"])
+    assert blocker.read_text() == "not a folder"
+
+
+def test_resume_with_a_checkpoint_for_another_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(tiny_options(out, epochs=1, samples=8))
+    before = tree(out)
+    assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "32", "--out", out, "--resume",
+                     "--epochs", "2", "--base-channels", "8", "--no-progress",
+                     contains=["last.pt", "another configuration", "base_channels=4 (not 8)"])
+    assert tree(out) == before
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert_cli_error(capsys, "train", "--samples", "8", "--out", out, "--resume", *TINY,
+                     contains=["last.pt not found"])
+    assert not out.exists()
+
+
+# ---- predict -----------------------------------------------------------------------------------
+
+def test_predict_missing_or_bad_checkpoint(tmp_path, capsys, image):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "predict", tmp_path / "none.pt", image, "--out", out,
+                     contains=["none.pt not found"])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("this is not a checkpoint\nat all\n")
+    assert_cli_error(capsys, "predict", garbage, image, "--out", out,
+                     contains=["cannot read checkpoint", "garbage.pt"])
+    plain = tmp_path / "plain.pt"
+    torch.save(UNet(base_channels=4).state_dict(), plain)
+    assert_cli_error(capsys, "predict", plain, image, "--out", out,
+                     contains=["plain.pt is not a unet_fast checkpoint"])
+    assert not out.exists()
+
+
+def test_predict_checkpoint_whose_weights_do_not_fit_its_configuration(tmp_path, capsys, image):
+    wrong = tmp_path / "wrong.pt"
+    config = checkpoint.model_config(UNet(out_channels=2, base_channels=8), ["bg", "fg"])
+    checkpoint.save(wrong, {"config": config, "model": UNet(out_channels=2, base_channels=4).state_dict(),
+                            "epoch": 0, "history": []})
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "predict", wrong, image, "--out", out,
+                     contains=["wrong.pt", "do not fit", "base_channels=8"])
+    assert not out.exists()
+
+
+def test_predict_missing_or_corrupt_image_writes_nothing(tmp_path, capsys, ckpt, image):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "predict", ckpt, image, tmp_path / "missing.png", "--out", out,
+                     contains=["missing.png not found"])
+    bad = tmp_path / "bad.png"
+    _corrupt_png(bad)
+    assert_cli_error(capsys, "predict", ckpt, image, bad, "--out", out, contains=["bad.png"])
+    (tmp_path / "noise.jpg").write_bytes(b"\x00\x01garbage" * 10)
+    assert_cli_error(capsys, "predict", ckpt, image, tmp_path / "noise.jpg", "--out", out,
+                     contains=["cannot read image", "noise.jpg"])
+    assert not out.exists()  # the good image was not predicted either: inputs are checked first
+
+
+def test_predict_unwritable_output_and_bad_tiling(tmp_path, capsys, ckpt, image):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert_cli_error(capsys, "predict", ckpt, image, "--out", blocker / "sub",
+                     contains=["cannot write to output folder"])
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "predict", ckpt, image, "--out", out, "--tile", "64", "--overlap", "60",
+                     contains=["--overlap 60"])
+    assert not out.exists()
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+def test_export_errors(tmp_path, capsys, ckpt):
+    assert_cli_error(capsys, "export", tmp_path / "none.pt", "--onnx", tmp_path / "m.onnx",
+                     contains=["none.pt not found"])
+    pytest.importorskip("onnx")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert_cli_error(capsys, "export", ckpt, "--onnx", blocker / "m.onnx", contains=["file.txt"])
+    assert_cli_error(capsys, "export", ckpt, "--onnx", tmp_path, contains=["is a folder"])
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+# ---- atomic writes -----------------------------------------------------------------------------
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous good checkpoint")
+
+    def write_half_then_fail(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write_half_then_fail)
+    assert target.read_bytes() == b"previous good checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

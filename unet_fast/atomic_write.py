@@ -1,0 +1,85 @@
+"""Output files that are either complete or absent, and output folders checked before any work.
+
+Every file the workflow writes (checkpoints, metrics.json, PNGs, ONNX) goes to a temporary file in
+the destination folder first and is renamed over the destination only once it is complete:
+os.replace is atomic on one filesystem, so a crash, a full disk or Ctrl-C never leaves a
+truncated checkpoint where the previous good one was.
+"""
+import os
+import tempfile
+from typing import Callable
+
+from .errors import CLIError
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line, for CLIError messages."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def atomic_write(path, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path) to fill a temporary file next to `path`, then rename it to `path`.
+
+    The temporary file is removed if write() raises; the destination is never half-written.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {one_line(e)}") from e
+    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
+        with open(tmp, "rb+") as f:  # flush to disk before the rename makes the file visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CLIError(f"cannot write {path}: {one_line(e)}") from e
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def prepare_output_dir(path) -> str:
+    """Create `path` (and parents) and prove it is writable, or raise CLIError; returns the path.
+
+    Called before training or prediction starts, so an unwritable --out fails in a second, not
+    after an hour of training. Only the folder (and its missing parents) is created.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CLIError(f"output folder {path} exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"cannot write to output folder {path}: {one_line(e)}") from e
+    return path
+
+
+def check_output_file(path) -> str:
+    """Check that a single output file can be created (its folder exists or can be made)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CLIError(f"output file {path} is a folder")
+    prepare_output_dir(os.path.dirname(os.path.abspath(path)))
+    return path

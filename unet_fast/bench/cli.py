@@ -1,0 +1,208 @@
+"""Benchmark the fused decoder step and UNet against the PyTorch reference (eager, compiled).
+
+Cases: the default UNet's three decoder steps (up3 512->256 at 64x64, up2 256->128 at 128x128,
+up1 128->64 at 256x256 input; batch 8 on a GPU), any --shape you give, and the whole UNet
+(inference, and a training step: forward, cross-entropy, backward).
+
+Each row: median and 20%/80% quantile times, speedup over the eager reference, bytes moved
+(compulsory traffic, see unet_fast/bench/roofline.py), achieved GB/s and percent of the device's
+copy ceiling, peak memory (GPU), and the relative error against a float64 reference.
+
+On a GPU, timing is triton.testing.do_bench. On the CPU it is wall clock after a warm-up, the
+fused op runs its PyTorch path (never Triton's interpreter), decoder steps default to batch 1
+and float32, torch.compile providers are skipped unless --compile is given, and the thread count
+defaults to the cores the load average leaves free (a shared machine otherwise gives numbers
+10x too slow at random).
+
+Examples:
+    unet-fast bench --quick                           # well under a minute on a 2-core CPU
+    unet-fast bench --json benchmarks/results/h100.json --plot speedup.png
+    unet-fast bench --case up1 --dtype bfloat16 --layout channels_last --mode full
+    unet-fast bench --shape 4,256,128,128,96,96 --provider fused,eager
+"""
+import os
+import sys
+
+from ..errors import CLIError
+
+QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="float32", mode="full",
+             provider="fused,eager", sets=2, warmup=1, repeats=3)
+CPU = dict(batch=1, image_size=512, model_batch=1, model_size=64, dtype="float32",
+           mode="forward,backward,full", provider="all", sets=2, warmup=2, repeats=5)
+GPU = dict(batch=8, image_size=512, model_batch=8, model_size=512, dtype="bfloat16,float16,float32",
+           mode="forward,backward,full", provider="all", sets=3, warmup=None, repeats=None)
+CASE_NAMES = ("up3", "up2", "up1", "unet", "custom")
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("what to run (defaults depend on the device and --quick)")
+    g.add_argument("--quick", action="store_true",
+                   help=f"a short run: steps at batch 1 on a {QUICK['image_size']}px image (real channel "
+                        f"counts), UNet at batch 1 {QUICK['model_size']}px, float32, fwd+bwd, fused vs eager")
+    g.add_argument("--device", help="cuda, cuda:1, cpu (default: the GPU when there is one)")
+    g.add_argument("--case", help=f"comma list of {', '.join(CASE_NAMES)} (default: all; with --shape, "
+                                  "only the given shapes)")
+    g.add_argument("--shape", action="append", default=[], metavar="N,Cin,Cout,Cs,H,W",
+                   help="an extra decoder step (x [N,Cin,H,W], skip [N,Cs,2H,2W]); repeatable")
+    g.add_argument("--dtype", help="comma list of bfloat16, float16, float32, or 'all' "
+                                   "(default: all on a GPU, float32 on the CPU)")
+    g.add_argument("--layout", default="contiguous,channels_last", help="contiguous, channels_last")
+    g.add_argument("--mode", help="comma list of forward, backward, full (= forward+backward)")
+    g.add_argument("--provider", help="comma list of fused, eager, compiled, fused-compiled, or 'all'")
+    g.add_argument("--compile", action="store_true",
+                   help="on the CPU, also run the torch.compile providers (slow to compile)")
+    s = parser.add_argument_group("sizes")
+    s.add_argument("--batch", type=int, help="batch of the decoder-step cases (GPU 8, CPU 1)")
+    s.add_argument("--image-size", type=int, help="image size the decoder steps come from (512)")
+    s.add_argument("--base-channels", type=int, default=64, help="UNet base_channels (64)")
+    s.add_argument("--model-batch", type=int, help="batch of the UNet case (GPU 8, CPU 1)")
+    s.add_argument("--model-size", type=int, help="image size of the UNet case (GPU 512, CPU 64)")
+    t = parser.add_argument_group("timing")
+    t.add_argument("--sets", type=int, help="input sets timed calls rotate among (GPU 3, CPU 2)")
+    t.add_argument("--warmup", type=int, help="CPU warm-up calls (2)")
+    t.add_argument("--repeats", type=int, help="CPU timed calls; the median is reported (5)")
+    t.add_argument("--threads", type=int,
+                   help="CPU: torch.set_num_threads (default: the cores other processes leave free, "
+                        "from the load average; at least 1)")
+    t.add_argument("--rep-ms", type=int, default=100, help="GPU: do_bench's rep time in ms (100)")
+    t.add_argument("--bandwidth", type=float, metavar="GBPS",
+                   help="the 100%% bandwidth floor; default: FACTS.md's for a known GPU, else a copy measured now")
+    o = parser.add_argument_group("output")
+    o.add_argument("--json", metavar="FILE", help="write every row, with device, versions, commit, date")
+    o.add_argument("--plot", metavar="FILE.png", help="draw speedup bars per case")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _list(text, allowed, what):
+    if text == "all":
+        return list(allowed)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise CLIError(f"unknown {what} {', '.join(bad) or repr(text)}; choose from {', '.join(allowed)}")
+    return items
+
+
+def _positive(args, names):
+    for name in names:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+
+
+def resolve(args, device):
+    """Fill every unset option from the device's (or --quick's) defaults."""
+    defaults = QUICK if args.quick else (GPU if device.type == "cuda" else CPU)
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    _positive(args, ["batch", "image_size", "base_channels", "model_batch", "model_size", "sets",
+                     "repeats", "rep_ms", "threads"])
+    return args
+
+
+def build_cases(args):
+    from . import cases as C
+    names = _list(args.case, CASE_NAMES, "case") if args.case else (
+        ["custom"] if args.shape else ["up3", "up2", "up1", "unet"])
+    if "custom" in names and not args.shape:
+        raise CLIError("--case custom needs at least one --shape N,Cin,Cout,Cs,H,W")
+    try:
+        steps = C.decoder_cases(args.batch, args.image_size, args.base_channels)
+        custom = [C.parse_shape(s, "custom" if i == 0 else f"custom{i + 1}") for i, s in enumerate(args.shape)]
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    chosen = [c for c in steps if c.name in names]
+    if args.shape and (not args.case or "custom" in names):
+        chosen += custom
+    if "unet" in names:
+        if args.model_size < 8:
+            raise CLIError(f"--model-size must be at least 8, got {args.model_size}")
+        chosen.append(C.ModelCase("unet", args.model_batch, args.model_size, args.base_channels))
+    return chosen
+
+
+def run(args) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # run() may be called in-process (tests): leave it as found
+
+
+def _run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import cases as C
+    from . import environment, report, roofline, runner
+    from . import providers as P
+
+    try:
+        device = environment.pick_device(args.device)
+    except RuntimeError as e:
+        raise CLIError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda asked for, but torch sees no GPU")
+    args = resolve(args, device)
+    chosen = build_cases(args)
+    dtypes = _list(args.dtype, tuple(C.DTYPES), "dtype")
+    layouts = _list(args.layout, tuple(C.LAYOUTS), "layout")
+    modes = _list(args.mode, C.MODES, "mode")
+    providers = _list(args.provider, P.PROVIDERS, "provider")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # do_bench and the peak-memory counters use the current GPU
+    threads_reason = "--threads" if args.threads else "torch's default"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu":
+        args.threads, threads_reason = environment.free_cpu_threads(torch.get_num_threads())
+        torch.set_num_threads(args.threads)
+    jobs = runner.plan(chosen, dtypes, layouts, modes, providers)
+    if not jobs:
+        raise CLIError("the filters leave nothing to run")
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):  # say so now, not after an hour of measuring
+            raise CLIError(f"{option} {path}: folder {folder} does not exist")
+
+    meta = environment.metadata(device)
+    cfg = runner.RunConfig(device=device, n_sets=args.sets, cpu_warmup=args.warmup or 0,
+                           cpu_repeats=args.repeats or 1, gpu_rep_ms=args.rep_ms,
+                           allow_compile_on_cpu=args.compile)
+    measured = roofline.measure_copy_gbps(device)
+    known = roofline.known_copy_ceiling_gbps(meta["device_name"])
+    if args.bandwidth:
+        cfg.ceiling_gbps, source = args.bandwidth, "--bandwidth"
+    elif known:
+        cfg.ceiling_gbps, source = known, "FACTS.md's measured copy ceiling for this GPU"
+    else:
+        cfg.ceiling_gbps, source = measured, "a 256 MiB tensor copy measured at the start of this run"
+    with runner.cpu_fast_path(device):
+        fused_path = runner.fused_path_name(device)
+    meta.update(ceiling_gbps=cfg.ceiling_gbps, ceiling_source=source, measured_copy_gbps=measured,
+                fused_path=fused_path, n_sets=cfg.n_sets, quick=args.quick, threads=torch.get_num_threads(),
+                threads_reason=threads_reason,
+                timer=("triton.testing.do_bench, quantiles [0.5, 0.2, 0.8]" if device.type == "cuda" else
+                       f"time.perf_counter, {cfg.cpu_warmup} warm-up + median of {cfg.cpu_repeats}"),
+                compile_mode=P.COMPILE_MODE,
+                options={k: v for k, v in vars(args).items() if not k.startswith("_")})
+
+    print(f"unet-fast bench: {len(jobs)} rows on {meta['device_name']}", file=sys.stderr)
+    with tqdm(total=len(jobs), desc="bench", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
+        rows = runner.run_all(jobs, cfg, progress=bar)
+    meta["loadavg_end"] = environment.loadavg()
+    print(report.format_table(rows, meta))
+    if args.json:
+        report.write_json(args.json, rows, meta)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        report.plot_speedups(args.plot, rows, meta)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    failed = [r for r in rows if r["status"] == "error"]
+    if failed:
+        print(f"{len(failed)} row(s) failed; see their notes", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,122 @@
+"""Checkpoints: weights + model configuration (+ optimizer and RNG state while training).
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+torch.load(weights_only=True): opening a checkpoint never runs code from the file.
+
+    {"format": "unet_fast.checkpoint", "version": 1,
+     "config": {in_channels, out_channels, base_channels, up_relu, class_names},
+     "model": state_dict, "epoch": int, "history": [per-epoch metrics],
+     "train": {optimizer, scaler, step, rng, args}   # absent in inference-only checkpoints
+    }
+"""
+import os
+import random
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .atomic_write import atomic_write, one_line
+from .errors import CLIError
+from .model import UNet
+
+FORMAT = "unet_fast.checkpoint"
+VERSION = 1
+MODEL_KEYS = ("in_channels", "out_channels", "base_channels", "up_relu")
+
+
+def model_config(model, class_names) -> dict:
+    config = dict(model.config())
+    config["class_names"] = list(class_names)
+    return config
+
+
+def save(path, payload: dict) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, then a rename."""
+    payload = dict(payload, format=FORMAT, version=VERSION)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read(path, map_location="cpu") -> dict:
+    """Load and sanity-check a checkpoint (CLIError, naming the file, if it is not one of ours)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CLIError(f"checkpoint {path} not found")
+    if os.path.isdir(path):
+        raise CLIError(f"checkpoint {path} is a folder, not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a pickle, forbidden global...: all mean unusable
+        raise CLIError(f"cannot read checkpoint {path}: {one_line(e)}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CLIError(f"{path} is not a unet_fast checkpoint (written by `unet-fast train`)")
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or any(k not in config for k in MODEL_KEYS + ("class_names",)):
+        raise CLIError(f"checkpoint {path} has no complete model configuration")
+    if len(config["class_names"]) != config["out_channels"]:
+        raise CLIError(f"checkpoint {path} names {len(config['class_names'])} classes for "
+                       f"out_channels={config['out_channels']}")
+    return ckpt
+
+
+def check_config(ckpt: dict, wanted: Dict[str, object], path) -> None:
+    """CLIError if the checkpoint was trained with another configuration than `wanted`."""
+    config = ckpt["config"]
+    diffs = [f"{k}={config.get(k)!r} (not {v!r})" for k, v in wanted.items() if config.get(k) != v]
+    if diffs:
+        raise CLIError(f"checkpoint {path} is for another configuration: {', '.join(diffs)}")
+
+
+def build_model(ckpt: dict, path, model_class=UNet) -> torch.nn.Module:
+    """A `model_class` built from the checkpoint's configuration, with its weights loaded."""
+    config = ckpt["config"]
+    try:
+        model = model_class(**{k: config[k] for k in MODEL_KEYS})
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"checkpoint {path} has an invalid configuration: {one_line(e)}") from e
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CLIError(f"checkpoint {path}: its weights do not fit "
+                       f"{model_class.__name__}({', '.join(f'{k}={config[k]}' for k in MODEL_KEYS)}): "
+                       f"{one_line(e)[:300]}") from e
+    model.class_names = list(config["class_names"])
+    return model
+
+
+def load(checkpoint, device: Optional[str] = None) -> UNet:
+    """The UNet in `checkpoint` (a file written by `unet-fast train` or `demo`), in eval mode.
+
+    `device` defaults to the CPU. The class names are in `model.class_names`. Raises
+    unet_fast.errors.CLIError (one line, naming the file) if the file is missing or not a
+    unet_fast checkpoint.
+    """
+    ckpt = read(checkpoint)
+    model = build_model(ckpt, checkpoint)
+    return model.to(device or "cpu").eval()
+
+
+# ---- RNG state, stored as tensors and plain numbers so weights_only loading accepts it ----
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,86 @@
+"""Multi-process training: `torchrun --nproc_per_node=K -m unet_fast train ...`.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything runs as a single process
+and none of this touches torch.distributed. Backend: nccl when the device is CUDA, gloo on the
+CPU. Only rank 0 writes files or prints the per-epoch log.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .errors import CLIError
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
+    device = torch.device(name or default_device())
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {name} requested but CUDA is not available here")
+        if device.index is None:  # one GPU per process under torchrun
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def setup(device_name: Optional[str]) -> Context:
+    """Join the process group if torchrun started us; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world_size, local_rank, device)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks (a no-op for one process); returns a CPU tensor."""
+    if not ctx.distributed:
+        return tensor
+    # nccl reduces on the GPU, gloo on the CPU
+    t = tensor.to(ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.cpu()
+
+
+def agree_on_error(ctx: Context, message: Optional[str]) -> None:
+    """Raise CLIError on every rank if rank 0 found `message` (e.g. an unwritable --out folder).
+
+    Checks only rank 0 makes must be shared, or the other ranks would wait forever at the next
+    collective while rank 0 exits.
+    """
+    if ctx.distributed:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise CLIError(message)

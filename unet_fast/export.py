@@ -1,0 +1,104 @@
+"""Export a checkpoint to ONNX (through ReferenceUNet), checked with onnxruntime when installed.
+
+The fused up_concat op is a custom PyTorch op with Triton kernels, which ONNX cannot express;
+the checkpoint's weights go into `ReferenceUNet` (same state_dict, plain ConvTranspose2d + cat +
+ReLU), which exports with the standard operators. Batch, height and width are dynamic axes.
+
+Uses the TorchScript exporter (dynamo=False), which needs the `onnx` package but not onnxscript
+(the dynamo exporter's requirement); the check against PyTorch needs onnxruntime. Both are the
+`onnx` extra: pip install 'unet_fast[onnx]'.
+
+  unet-fast export runs/demo/best.pt --onnx unet.onnx
+"""
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .atomic_write import atomic_write, check_output_file, one_line
+from .errors import CLIError
+from .reference import ReferenceUNet
+
+# Traced with a size that is not a multiple of 8, so the graph keeps the model's pad-and-crop
+# path and serves every size (a multiple-of-8 trace would drop it).
+TRACE_SIZE = (45, 61)
+CHECK_SHAPES = ((1, 45, 61), (2, 64, 96))
+
+
+def export_onnx(model: ReferenceUNet, path, opset: int = 17) -> None:
+    """Write `model` to `path` (atomically) as ONNX with dynamic batch, height and width."""
+    model = model.eval()
+    example = torch.rand(1, model.in_channels, *TRACE_SIZE)
+    axes = {0: "batch", 2: "height", 3: "width"}
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            # TracerWarnings about the shape checks and the legacy-exporter notice: expected here.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": axes, "logits": axes})
+    atomic_write(path, write)
+
+
+def check_with_onnxruntime(path, model: ReferenceUNet, tolerance: float = 1e-4):
+    """Largest |onnxruntime - PyTorch| relative to the logits' scale over CHECK_SHAPES, or None
+    if onnxruntime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for n, h, w in CHECK_SHAPES:
+        x = torch.rand(n, model.in_channels, h, w, generator=generator)
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        if got.shape != want.shape:
+            raise CLIError(f"ONNX model {path} gives shape {got.shape} for input {tuple(x.shape)}, "
+                           f"PyTorch {want.shape}")
+        worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
+    return worst
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint from `unet-fast train` or `demo`")
+    parser.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+
+def run(args) -> int:
+    ckpt = checkpoint.read(args.checkpoint)
+    model = checkpoint.build_model(ckpt, args.checkpoint, model_class=ReferenceUNet).eval()
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export serialises through it)
+    except ImportError:
+        raise CLIError("ONNX export needs the onnx package: pip install 'unet_fast[onnx]'") from None
+    check_output_file(args.onnx)
+    try:
+        export_onnx(model, args.onnx, args.opset)
+    except CLIError:
+        raise
+    except Exception as e:  # an exporter failure: nothing was written (atomic_write cleaned up)
+        raise CLIError(f"ONNX export of {args.checkpoint} failed: {one_line(e)[:300]}") from e
+    print(f"wrote {args.onnx} (opset {args.opset}; input 'image' float32 [N, {model.in_channels}, H, W] "
+          f"in [0, 1], output 'logits' [N, {model.out_channels}, H, W]; classes: "
+          f"{', '.join(model.class_names)})")
+    if args.no_check:
+        return 0
+    err = check_with_onnxruntime(args.onnx, model)
+    if err is None:
+        print("onnxruntime is not installed: output not checked (pip install 'unet_fast[onnx]')")
+        return 0
+    shapes = ", ".join("x".join(map(str, (n, model.in_channels, h, w))) for n, h, w in CHECK_SHAPES)
+    if err > 1e-4:
+        os.unlink(args.onnx)
+        raise CLIError(f"onnxruntime output differs from PyTorch by {err:.1e} (relative) on {shapes}; "
+                       f"{args.onnx} removed")
+    print(f"onnxruntime check passed: largest difference {err:.1e} (relative) on inputs {shapes}")
+    return 0
