@@ -63,6 +63,18 @@ def test_predict_command_writes_mask_and_overlay_at_input_size(tmp_path, capsys,
         f"{n.split('.')[0]}_{kind}.png" for n in sizes for kind in ("mask", "overlay"))
 
 
+def test_predict_command_tiles_under_autocast(tmp_path, capsys, saved_checkpoint):
+    Image.fromarray(synthetic_sample(3, 70, 90)[0]).save(tmp_path / "wide.png")
+    code, stdout, err = run_cli(capsys, "predict", saved_checkpoint, tmp_path / "wide.png", "--out",
+                                tmp_path / "out", "--tile", "48", "--overlap", "16", "--amp", "bf16",
+                                "--device", "cpu")
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / "wide_mask.png") as mask:
+        assert mask.size == (90, 70) and np.asarray(mask).max() < 3
+    with Image.open(tmp_path / "out" / "wide_overlay.png") as overlay:
+        assert overlay.size == (90, 70)
+
+
 def test_tiled_prediction_equals_a_single_pass():
     model = _model(seed=1)
     image = torch.rand(3, 203, 229)

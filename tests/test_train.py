@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from unet_fast import checkpoint, load
 from unet_fast import train as train_module
 from unet_fast.train import fit
-from workflow_fixtures import make_folder_dataset, pytorch_path, run_cli, tiny_options  # noqa: F401
+from workflow_fixtures import make_folder_dataset, pytorch_path, run_cli, tiny_options, tree  # noqa: F401
 
 
 def test_training_lowers_the_loss_and_writes_its_files(tmp_path):
@@ -21,6 +22,9 @@ def test_training_lowers_the_loss_and_writes_its_files(tmp_path):
     last = metrics["epochs"][-1]
     assert set(last["dice"]) == set(last["iou"]) == {"background", "disc", "square", "triangle"}
     assert 0 <= last["mean_dice"] <= 1 and "val_loss" in last and len(metrics["epochs"]) == 3
+    assert 0 <= last["mean_iou"] <= last["mean_dice"]  # IoU = D / (2 - D) <= Dice, class by class
+    with Image.open(tmp_path / "run" / "curves.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["config"] == {"in_channels": 3, "out_channels": 4, "base_channels": 4, "up_relu": True,
                               "class_names": ["background", "disc", "square", "triangle"]}
@@ -59,20 +63,38 @@ def test_resumed_run_matches_an_unbroken_one(tmp_path, monkeypatch):
     assert all(torch.equal(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"]) for k in a)
 
 
-def test_amp_bf16_channels_last_runs(tmp_path):
-    result = fit(tiny_options(tmp_path / "run", epochs=1, amp="bf16", channels_last=True, samples=8))
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_and_channels_last_run(tmp_path, amp):
+    result = fit(tiny_options(tmp_path / "run", epochs=1, amp=amp, channels_last=True, samples=8))
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train"]["scaler"]
+    assert bool(scaler) == (amp == "fp16")  # fp16 gradients are scaled (and the scale saved for --resume)
 
 
 def test_train_command_on_a_folder_with_random_crops(tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "data", count=6, size=(24, 32), num_classes=3)
-    code, out, err = run_cli(capsys, "train", "--data", root, "--class-names", "bg,a,b", "--crop", "16",
-                             "--epochs", "1", "--batch-size", "2", "--base-channels", "4",
-                             "--out", tmp_path / "run", "--no-progress")
+    args = ["train", "--data", root, "--class-names", "bg,a,b", "--crop", "16", "--batch-size", "2",
+            "--base-channels", "4", "--no-up-relu", "--out", tmp_path / "run"]
+    code, out, err = run_cli(capsys, *args, "--epochs", "1", "--progress")
     assert code == 0, err
-    assert "epoch 1/1" in out and "best validation mean Dice" in out
+    # One log line per epoch, with Dice and IoU per class; tqdm bars on stderr.
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 1 and epoch_lines[0].startswith("epoch 1/1"), out
+    assert "dice" in epoch_lines[0] and "bg " in epoch_lines[0] and " iou " in epoch_lines[0]
+    assert "best validation mean Dice" in out
+    assert "epoch 1/1" in err and "batch/s" in err and "validation" in err, err
     ckpt = checkpoint.read(tmp_path / "run" / "last.pt")
-    assert ckpt["config"]["class_names"] == ["bg", "a", "b"]
+    assert ckpt["config"]["class_names"] == ["bg", "a", "b"] and ckpt["config"]["up_relu"] is False
+
+    # --resume with more epochs goes on from epoch 2; with no epochs left it writes nothing.
+    code, out, err = run_cli(capsys, *args, "--epochs", "2", "--no-progress", "--resume")
+    assert code == 0, err
+    assert "after epoch 1" in out and "schedule is recomputed for 2 epochs" in out and "epoch 2/2" in out
+    assert len(checkpoint.read(tmp_path / "run" / "last.pt")["history"]) == 2
+    before = tree(tmp_path / "run")
+    code, out, err = run_cli(capsys, *args, "--epochs", "2", "--no-progress", "--resume")
+    assert code == 0 and "nothing to do" in out and "wrote" not in out, out
+    assert tree(tmp_path / "run") == before
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_fast import checkpoint
+from unet_fast import checkpoint, export
 from unet_fast.atomic_write import atomic_write
+from unet_fast.errors import CLIError
 from unet_fast.model import UNet
 from unet_fast.train import fit
 from workflow_fixtures import (assert_cli_error, make_folder_dataset, pytorch_path,  # noqa: F401
@@ -42,6 +43,12 @@ def test_train_missing_data_folder(tmp_path, capsys):
     out = tmp_path / "out"
     assert_cli_error(capsys, "train", "--data", tmp_path / "nope", "--out", out, *TINY,
                      contains=["nope", "not found"])
+    root = make_folder_dataset(tmp_path / "d", count=2)
+    for p in (root / "masks").iterdir():
+        p.unlink()
+    (root / "masks").rmdir()
+    assert_cli_error(capsys, "train", "--data", root, "--out", out, *TINY,
+                     contains=["masks folder", "not found"])
     assert not out.exists()
 
 
@@ -51,6 +58,15 @@ def test_train_corrupt_image_names_the_file(tmp_path, capsys):
     out = tmp_path / "out"
     assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--out", out, *TINY,
                      contains=["img_1.png"])
+    assert not out.exists()
+
+
+def test_train_corrupt_mask_names_the_file(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", count=3)
+    (root / "masks" / "img_2_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--out", out, *TINY,
+                     contains=["cannot read mask", "img_2_mask.png"])
     assert not out.exists()
 
 
@@ -69,6 +85,24 @@ def test_train_image_and_mask_sizes_differ(tmp_path, capsys):
     out = tmp_path / "out"
     assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--out", out, *TINY,
                      contains=["img_0.png is 32x24", "img_0_mask.png is 12x10"])
+    assert not out.exists()
+
+
+def test_train_crop_larger_than_the_images(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", count=3, size=(24, 32))
+    out = tmp_path / "out"
+    # Found before training starts, so not inside a DataLoader worker (a multi-line traceback).
+    assert_cli_error(capsys, "train", "--data", root, "--num-classes", "3", "--crop", "28", "--workers", "1",
+                     "--out", out, *TINY, contains=["--crop 28x28 is larger than img_", "(24x32)"])
+    assert not out.exists()
+
+
+def test_train_bad_options(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--samples", "8", "--device", "tpu9", "--out", out, *TINY,
+                     contains=["unknown device 'tpu9'"])
+    assert_cli_error(capsys, "train", "--samples", "8", "--class-names", "a,b", "--out", out, *TINY,
+                     contains=["--class-names describe a --data folder"])
     assert not out.exists()
 
 
@@ -101,7 +135,7 @@ def test_resume_without_a_checkpoint(tmp_path, capsys):
 
 # ---- predict -----------------------------------------------------------------------------------
 
-def test_predict_missing_or_bad_checkpoint(tmp_path, capsys, image):
+def test_predict_missing_or_bad_checkpoint(tmp_path, capsys, ckpt, image):
     out = tmp_path / "out"
     assert_cli_error(capsys, "predict", tmp_path / "none.pt", image, "--out", out,
                      contains=["none.pt not found"])
@@ -113,6 +147,18 @@ def test_predict_missing_or_bad_checkpoint(tmp_path, capsys, image):
     torch.save(UNet(base_channels=4).state_dict(), plain)
     assert_cli_error(capsys, "predict", plain, image, "--out", out,
                      contains=["plain.pt is not a unet_fast checkpoint"])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert_cli_error(capsys, "predict", empty, image, "--out", out, contains=["empty.pt: the file is empty"])
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:2000])
+    assert_cli_error(capsys, "predict", truncated, image, "--out", out,
+                     contains=["truncated.pt: not a PyTorch checkpoint file, or a truncated one"])
+    # A pickled object is refused, not run: checkpoints are read with weights_only=True.
+    pickled = tmp_path / "pickled.pt"
+    torch.save(UNet(base_channels=4), pickled)
+    assert_cli_error(capsys, "predict", pickled, image, "--out", out,
+                     contains=["pickled.pt", "(unet_fast.model.UNet)", "weights_only=True"])
     assert not out.exists()
 
 
@@ -148,6 +194,8 @@ def test_predict_unwritable_output_and_bad_tiling(tmp_path, capsys, ckpt, image)
     out = tmp_path / "out"
     assert_cli_error(capsys, "predict", ckpt, image, "--out", out, "--tile", "64", "--overlap", "60",
                      contains=["--overlap 60"])
+    assert_cli_error(capsys, "predict", ckpt, image, "--out", out, "--device", "cuda:x",
+                     contains=["unknown device 'cuda:x'"])
     assert not out.exists()
 
 
@@ -164,7 +212,32 @@ def test_export_errors(tmp_path, capsys, ckpt):
     assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_export_that_fails_its_check_keeps_the_previous_file(tmp_path, capsys, ckpt, monkeypatch):
+    pytest.importorskip("onnx")
+    target = tmp_path / "out" / "m.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"previous export")
+    monkeypatch.setattr(export, "check_with_onnxruntime", lambda path, model: 0.5)
+    assert_cli_error(capsys, "export", ckpt, "--onnx", target,
+                     contains=["differs from PyTorch by 5.0e-01", "m.onnx not written"])
+    assert tree(target.parent) == {"m.onnx": b"previous export"}
+
+
 # ---- atomic writes -----------------------------------------------------------------------------
+
+def test_a_checkpoint_that_fails_to_save_leaves_the_previous_one(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous good checkpoint")
+
+    def save_half_then_fail(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"PK half a zip")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(CLIError, match="cannot write .*last.pt: .*No space left"):
+        checkpoint.save(target, {"model": {}})
+    assert tree(tmp_path) == {"last.pt": b"previous good checkpoint"}
+
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     target = tmp_path / "last.pt"

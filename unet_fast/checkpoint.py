@@ -6,11 +6,13 @@ torch.load(weights_only=True): opening a checkpoint never runs code from the fil
     {"format": "unet_fast.checkpoint", "version": 1,
      "config": {in_channels, out_channels, base_channels, up_relu, class_names},
      "model": state_dict, "epoch": int, "history": [per-epoch metrics],
-     "train": {optimizer, scaler, step, rng, args}   # absent in inference-only checkpoints
+     "train": {optimizer, scaler, step, rng, args, world_size}   # absent in best.pt (weights only)
     }
 """
 import os
 import random
+import re
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -45,9 +47,12 @@ def read(path, map_location="cpu") -> dict:
     if os.path.isdir(path):
         raise CLIError(f"checkpoint {path} is a folder, not a file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about old pickle protocols on stderr: keep the error to one line.
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a pickle, forbidden global...: all mean unusable
-        raise CLIError(f"cannot read checkpoint {path}: {one_line(e)}") from e
+        raise CLIError(f"cannot read checkpoint {path}: {_why_unreadable(path, e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CLIError(f"{path} is not a unet_fast checkpoint (written by `unet-fast train`)")
     config = ckpt.get("config")
@@ -57,6 +62,20 @@ def read(path, map_location="cpu") -> dict:
         raise CLIError(f"checkpoint {path} names {len(config['class_names'])} classes for "
                        f"out_channels={config['out_channels']}")
     return ckpt
+
+
+def _why_unreadable(path, error: Exception) -> str:
+    """What torch.load's error means for a user (its own text runs to many lines, and its advice
+    to pass weights_only=False is not one to follow for a file of unknown origin)."""
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if refused:
+        return (f"it holds a Python object ({refused.group(1)}) that loading with weights_only=True "
+                "refuses; a unet_fast checkpoint holds only tensors and plain values")
+    return "not a PyTorch checkpoint file, or a truncated one"
 
 
 def check_config(ckpt: dict, wanted: Dict[str, object], path) -> None:

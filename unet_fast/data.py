@@ -11,6 +11,7 @@ Masks hold class indices 0..num_classes-1, as grayscale ("L") or palette ("P") i
 pair is read once up front, so a corrupt file, a size mismatch or an out-of-range class value
 is reported (CLIError, naming the file) before anything is trained or written.
 """
+import argparse
 import math
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -313,7 +314,8 @@ class Augmented(torch.utils.data.Dataset):
 
 
 def parse_size(text: str) -> Tuple[int, int]:
-    """'64' -> (64, 64); '96x128' -> (96, 128) as (H, W)."""
+    """'64' -> (64, 64); '96x128' -> (96, 128) as (H, W). An argparse type: a bad size is a
+    usage error (ArgumentTypeError), reported by argparse with exit code 2."""
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
@@ -321,5 +323,5 @@ def parse_size(text: str) -> Tuple[int, int]:
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
-        raise CLIError(f"size must be N or HxW with positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive integers, got {text!r}")
     return parts[0], parts[1]

@@ -35,12 +35,24 @@ def default_device() -> str:
 
 
 def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
-    device = torch.device(name or default_device())
+    try:
+        device = torch.device(name or default_device())
+    except RuntimeError:  # torch's message lists twenty device types; the usual ones suffice
+        raise CLIError(f"unknown device {name!r} (use cpu, cuda or cuda:INDEX)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CLIError(f"device {name} requested but CUDA is not available here")
         if device.index is None:  # one GPU per process under torchrun
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise CLIError(f"device {name} requested but this machine has "
+                           f"{torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        try:  # mps, xpu, ...: known to torch, but maybe not built in or not present here
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError):
+            raise CLIError(f"device {name} is not available here (this torch build or machine "
+                           "lacks it)") from None
     return device
 
 

@@ -12,6 +12,7 @@ Uses the TorchScript exporter (dynamo=False), which needs the `onnx` package but
 """
 import os
 import warnings
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -25,10 +26,17 @@ from .reference import ReferenceUNet
 # path and serves every size (a multiple-of-8 trace would drop it).
 TRACE_SIZE = (45, 61)
 CHECK_SHAPES = ((1, 45, 61), (2, 64, 96))
+# Largest |onnxruntime - PyTorch| accepted, relative to the logits' scale (float32 rounding
+# through a different operator order stays near 1e-6).
+TOLERANCE = 1e-4
 
 
-def export_onnx(model: ReferenceUNet, path, opset: int = 17) -> None:
-    """Write `model` to `path` (atomically) as ONNX with dynamic batch, height and width."""
+def export_onnx(model: ReferenceUNet, path, opset: int = 17,
+                verify: Optional[Callable[[str], None]] = None) -> None:
+    """Write `model` to `path` (atomically) as ONNX with dynamic batch, height and width.
+
+    verify(tmp_path), if given, runs on the finished file before it replaces `path`: if it
+    raises, `path` keeps what it held before (a previous good export, or nothing)."""
     model = model.eval()
     example = torch.rand(1, model.in_channels, *TRACE_SIZE)
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -40,17 +48,23 @@ def export_onnx(model: ReferenceUNet, path, opset: int = 17) -> None:
             torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
                               input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": axes, "logits": axes})
+        if verify is not None:
+            verify(tmp)
     atomic_write(path, write)
 
 
-def check_with_onnxruntime(path, model: ReferenceUNet, tolerance: float = 1e-4):
+def check_with_onnxruntime(path, model: ReferenceUNet):
     """Largest |onnxruntime - PyTorch| relative to the logits' scale over CHECK_SHAPES, or None
     if onnxruntime is not installed."""
     try:
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # e.g. an opset newer than the installed onnxruntime knows
+        raise CLIError(f"onnxruntime {onnxruntime.__version__} cannot load the exported model: "
+                       f"{one_line(e)[:300]}") from e
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
     for n, h, w in CHECK_SHAPES:
@@ -80,8 +94,17 @@ def run(args) -> int:
     except ImportError:
         raise CLIError("ONNX export needs the onnx package: pip install 'unet_fast[onnx]'") from None
     check_output_file(args.onnx)
+    shapes = ", ".join("x".join(map(str, (n, model.in_channels, h, w))) for n, h, w in CHECK_SHAPES)
+    checked = {}
+
+    def verify(tmp):
+        checked["error"] = err = check_with_onnxruntime(tmp, model)
+        if err is not None and err > TOLERANCE:
+            raise CLIError(f"onnxruntime output differs from PyTorch by {err:.1e} (relative) on "
+                           f"{shapes}; {args.onnx} not written")
+
     try:
-        export_onnx(model, args.onnx, args.opset)
+        export_onnx(model, args.onnx, args.opset, verify=None if args.no_check else verify)
     except CLIError:
         raise
     except Exception as e:  # an exporter failure: nothing was written (atomic_write cleaned up)
@@ -91,14 +114,9 @@ def run(args) -> int:
           f"{', '.join(model.class_names)})")
     if args.no_check:
         return 0
-    err = check_with_onnxruntime(args.onnx, model)
-    if err is None:
+    if checked["error"] is None:
         print("onnxruntime is not installed: output not checked (pip install 'unet_fast[onnx]')")
-        return 0
-    shapes = ", ".join("x".join(map(str, (n, model.in_channels, h, w))) for n, h, w in CHECK_SHAPES)
-    if err > 1e-4:
-        os.unlink(args.onnx)
-        raise CLIError(f"onnxruntime output differs from PyTorch by {err:.1e} (relative) on {shapes}; "
-                       f"{args.onnx} removed")
-    print(f"onnxruntime check passed: largest difference {err:.1e} (relative) on inputs {shapes}")
+    else:
+        print(f"onnxruntime check passed: largest difference {checked['error']:.1e} (relative) "
+              f"on inputs {shapes}")
     return 0

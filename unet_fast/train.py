@@ -22,8 +22,8 @@ import torch
 
 from . import checkpoint, distributed
 from .atomic_write import atomic_write_text, prepare_output_dir
-from .data import (Augmented, FolderSegmentation, SyntheticSegmentation, parse_size, split_indices,
-                   to_model_input)
+from .data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
+                   split_indices, to_model_input)
 from .errors import CLIError
 from .metrics import confusion_matrix, format_scores, scores, segmentation_loss
 from .model import UNet
@@ -124,6 +124,15 @@ def _loaders(opts, dataset, ctx, train_idx, val_idx):
     if not opts.crop and len({sizes[i] for i in train_idx}) > 1:
         raise CLIError(f"the images in {opts.data} differ in size; give --image-size or --crop "
                        "so training batches can be stacked")
+    if opts.crop:
+        # Checked here, not when the sample is drawn: in a DataLoader worker the error would
+        # surface mid-epoch wrapped in a traceback, after the output folder was made.
+        ch, cw = opts.crop
+        for i in train_idx:
+            h, w = sizes[i]
+            if ch > h or cw > w:
+                resized = " after --image-size" if opts.image_size else ""
+                raise CLIError(f"--crop {ch}x{cw} is larger than {dataset.names[i]} ({h}x{w}{resized})")
     train_set = Augmented(dataset, train_idx, crop=opts.crop, flip=opts.flip, seed=opts.seed)
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                                   shuffle=True, seed=opts.seed)
@@ -183,12 +192,19 @@ def _json_safe(value):
     return value
 
 
-def _warn_changed_options(opts, saved: dict, log) -> None:
-    now = opts.record()
+def _warn_changed_options(opts, train_state: dict, world_size: int, log) -> None:
+    saved, now = train_state["args"], opts.record()
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in _RESUME_MUST_MATCH if saved.get(k) != now[k]]
+    # The processes split each batch between them, so their number shapes the data stream too.
+    if train_state.get("world_size", 1) != world_size:
+        changed.append(f"processes {train_state.get('world_size', 1)} -> {world_size}")
     if changed:
         log("note: resuming with changed options (the run will not match an unbroken one): "
             + ", ".join(changed))
+    if saved.get("epochs") != now["epochs"]:
+        # Extending a run is a normal use of --resume, but the cosine schedule spans all epochs.
+        log(f"note: --epochs {saved.get('epochs')} -> {now['epochs']}: the learning-rate schedule "
+            f"is recomputed for {now['epochs']} epochs")
 
 
 def fit(opts: TrainOptions) -> dict:
@@ -239,7 +255,7 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
         scaler.load_state_dict(ckpt["train"]["scaler"])
         start_epoch, step = ckpt["epoch"], ckpt["train"]["step"]
         history, best = list(ckpt["history"]), ckpt.get("best")
-        _warn_changed_options(opts, ckpt["train"]["args"], log)
+        _warn_changed_options(opts, ckpt["train"], ctx.world_size, log)
 
     problem = None
     if ctx.is_main:
@@ -318,7 +334,8 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
             if improved:
                 checkpoint.save(paths["best"], payload)
             payload["train"] = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                "step": step, "rng": checkpoint.rng_state(), "args": opts.record()}
+                                "step": step, "rng": checkpoint.rng_state(), "args": opts.record(),
+                                "world_size": ctx.world_size}
             checkpoint.save(paths["last"], payload)
             metrics = {"config": config, "options": opts.record(), "epochs": history, "best": best}
             atomic_write_text(paths["metrics"], json.dumps(_json_safe(metrics), indent=2) + "\n")
@@ -327,7 +344,8 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
     if start_epoch >= opts.epochs:
         log(f"{resume_path} already trained for {start_epoch} epochs (--epochs {opts.epochs}): nothing to do")
     return {"history": history, "best": best, "paths": paths, "model": model, "class_names": class_names,
-            "dataset": dataset, "val_indices": val_idx, "context": ctx}
+            "dataset": dataset, "val_indices": val_idx, "context": ctx,
+            "epochs_run": max(0, opts.epochs - start_epoch)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,6 +397,9 @@ def add_arguments(parser) -> None:
 
 
 def options_from_args(args) -> TrainOptions:
+    if args.data == "builtin" and (args.num_classes is not None or args.class_names):
+        raise CLIError("--num-classes and --class-names describe a --data folder; the built-in "
+                       f"set has its own classes ({', '.join(SYNTHETIC_CLASSES)})")
     num_classes = args.num_classes or (len(args.class_names) if args.class_names else 2)
     return TrainOptions(
         data=args.data, samples=args.samples, num_classes=num_classes, class_names=args.class_names,
@@ -409,6 +430,7 @@ def run(args) -> int:
         best = result["best"] or {}
         if best.get("mean_dice") is not None:
             print(f"best validation mean Dice {best['mean_dice']:.4f} (epoch {best['epoch']})")
-        print(f"wrote {result['paths']['last']}, {result['paths']['best']}, "
-              f"{result['paths']['metrics']}, {result['paths']['curves']}")
+        if result["epochs_run"]:
+            print(f"wrote {result['paths']['last']}, {result['paths']['best']}, "
+                  f"{result['paths']['metrics']}, {result['paths']['curves']}")
     return 0
