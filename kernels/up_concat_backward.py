@@ -6,7 +6,7 @@ unshuffled to [M, 4*Cout] (see up_concat_forward.py for the index math):
   dskip  = grad[:, Cout:] * mask    copied by extra column tiles of the same launch, as in forward
   dW     = X^T @ gy            K = the M pixels: split over programs (split-K), partial sums
   dbias  = sum of gy           in fp32, summed on the host (deterministic, no atomics)
-The mask is read from the saved output: out > 0 exactly where the ReLU let the value through.
+The mask is read from the saved output: the ReLU let a value through exactly where out <= 0 is false.
 """
 import torch
 import triton
@@ -18,8 +18,9 @@ from .common import autotuned, fixed_tiles, math_settings, pixel_coords, tile_pr
 
 @triton.jit
 def masked_grad(g_ptrs, o_ptrs, mask, RELU: tl.constexpr, UPCAST: tl.constexpr):
-    """grad where the forward ReLU passed the value (out > 0), else 0; NaN grads stay masked too,
-    as in torch's threshold_backward."""
+    """0 where the forward ReLU clipped the value (out <= 0), else grad: torch's threshold_backward,
+    the reference's ReLU backward. A NaN grad under the mask stays 0; a NaN output (not <= 0)
+    passes its grad, as in the reference."""
     g = tl.load(g_ptrs, mask=mask, other=0.0)
     if UPCAST:
         g = g.to(tl.float32)
@@ -27,7 +28,7 @@ def masked_grad(g_ptrs, o_ptrs, mask, RELU: tl.constexpr, UPCAST: tl.constexpr):
         out = tl.load(o_ptrs, mask=mask, other=0.0)
         if UPCAST:  # the interpreter cannot compare bfloat16 values
             out = out.to(tl.float32)
-        g = tl.where(out > 0, g, tl.zeros_like(g))
+        g = tl.where(out <= 0, tl.zeros_like(g), g)
     return g
 
 

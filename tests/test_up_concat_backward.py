@@ -84,6 +84,17 @@ def test_relu_mask_gates_gradients(monkeypatch, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_nan_output_passes_its_gradient_as_in_reference(monkeypatch, path):
+    """A NaN output is not <= 0, so the ReLU backward (threshold_backward) passes its gradient,
+    in the convolution channels (NaN in x) and in the skip channels (NaN in skip)."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(1, 3, 4, 2, 3, 3, torch.float32)
+    x[0, 1, 2, 0] = float("nan")
+    skip[0, 1, 3, 4] = float("nan")
+    grads_against_reference((x, skip, weight, bias), True, torch.float32)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_backward_op_directly(monkeypatch, path):
     """The registered backward op, on a grad with stride-0 dims (what autograd passes for .sum())."""
     select_path(monkeypatch, path)

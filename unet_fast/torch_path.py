@@ -71,27 +71,50 @@ def up_concat_forward(x, skip, weight, bias, relu: bool) -> torch.Tensor:
     return out
 
 
-def _masked(grad: torch.Tensor, out, relu: bool) -> torch.Tensor:
-    # where(), not a product: as in torch's threshold_backward, a NaN gradient is masked to 0.
-    return torch.where(out > 0, grad, 0) if relu else grad
+def _masked_into(dst: torch.Tensor, grad: torch.Tensor, out, relu: bool) -> None:
+    """dst = grad where the forward ReLU let the value through, in one pass over any strides.
+
+    threshold_backward is autograd's own ReLU backward: 0 where out <= 0, else grad, so a NaN
+    output passes its gradient exactly as in the reference. Its out= form writes straight into a
+    permuted view, so no temporary is built."""
+    if relu:
+        torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=dst)
+    else:
+        dst.copy_(grad)
 
 
 def up_concat_backward(grad, out, x, weight, has_bias: bool):
-    """(dx, dskip, dweight, dbias); `out` is the forward result when it had a ReLU, else None."""
+    """(dx, dskip, dweight, dbias); `out` is the forward result when it had a ReLU, else None.
+
+    gy, the masked gradient of the convolution channels, is unshuffled once into the GEMM layout
+    that suits x's memory format (as in `_conv_taps`), so that dx is one matmul written straight
+    into its buffer and dweight one matmul (summed over images for NCHW) with no further copies:
+      channels_last: gy [M, (a, b, o)],     dx[M, Cin] = gy @ W^T,      dW = X^T @ gy
+      NCHW:          gy [N, (o, a, b), HW], dx_n = W @ gy_n,            dW = sum_n x_n @ gy_n^T
+    """
     relu = out is not None
     n, cin, h, w = x.shape
     cout = weight.shape[1]
-    mask_src = out if relu else grad
     fmt = output_memory_format(x)
     dskip = new_buffer((n, grad.shape[1] - cout, 2 * h, 2 * w), x, memory_format=fmt)
-    dskip.copy_(_masked(grad[:, cout:], mask_src[:, cout:], relu))
-
-    gy = new_buffer((n, h, w, 2, 2, cout), x)
-    gy.permute(0, 1, 3, 2, 4, 5).copy_(_masked(_taps_view(grad, 0, cout), _taps_view(mask_src, 0, cout), relu))
-    gy = gy.view(n * h * w, 4 * cout)
-    wmat = _weight_matrix(weight)
+    _masked_into(dskip, grad[:, cout:], out[:, cout:] if relu else None, relu)
+    grad_taps = _taps_view(grad, 0, cout)                      # [N, H, a, W, b, Cout]
+    out_taps = _taps_view(out, 0, cout) if relu else None
     dx = new_buffer(x.shape, x, memory_format=fmt)
-    dx.permute(0, 2, 3, 1).copy_((gy @ wmat.t()).view(n, h, w, cin))
-    dweight = (_pixel_major(x).t() @ gy).view(cin, 2, 2, cout).permute(0, 3, 1, 2).contiguous()
-    dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)
+    if fmt == torch.channels_last:
+        gy = new_buffer((n, h, w, 2, 2, cout), x)
+        _masked_into(gy.permute(0, 1, 3, 2, 4, 5), grad_taps, out_taps, relu)
+        gy = gy.view(n * h * w, 4 * cout)
+        w_mat = _weight_matrix(weight)                          # [Cin, (a, b, o)]
+        torch.mm(gy, w_mat.t(), out=dx.permute(0, 2, 3, 1).view(n * h * w, cin))
+        dweight = (_pixel_major(x).t() @ gy).view(cin, 2, 2, cout).permute(0, 3, 1, 2).contiguous()
+        dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)
+    else:
+        gy = new_buffer((n, cout, 2, 2, h, w), x)
+        _masked_into(gy.permute(0, 4, 2, 5, 3, 1), grad_taps, out_taps, relu)
+        gy = gy.view(n, 4 * cout, h * w)
+        w_mat = weight.reshape(cin, 4 * cout)                   # [Cin, (o, a, b)]: weight's own order
+        torch.bmm(w_mat.expand(n, -1, -1), gy, out=dx.view(n, cin, h * w))
+        dweight = torch.bmm(x.reshape(n, cin, h * w), gy.transpose(1, 2)).sum(0).view_as(weight)
+        dbias = gy.view(n, cout, 4 * h * w).sum((0, 2)) if has_bias else weight.new_zeros(cout)
     return dx, dskip, dweight, dbias
