@@ -91,3 +91,16 @@ def test_backward_bytes_count_each_tensor_once():
 def test_bad_options_are_one_line_errors(argv, message, capsys, pytorch_path):
     assert main(["bench", "--quick", "--device", "cpu", "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cpu_providers_are_timed_in_turns():
+    """On the CPU the providers of one row group alternate call by call, so a slow phase of a
+    shared machine falls on all of them alike; each gets its own statistics."""
+    from unet_fast.bench.timing import time_interleaved_cpu
+
+    calls = []
+    stats = time_interleaved_cpu([lambda: calls.append("a"), lambda: calls.append("b")],
+                                 warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4
+    assert len(stats) == 2 and all(s["median_ms"] >= s["min_ms"] >= 0 for s in stats)
+    assert "in turns" in stats[0]["timer"]

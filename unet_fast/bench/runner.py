@@ -26,7 +26,7 @@ from ..up_concat_op import uses_triton
 from . import cases as C
 from . import providers as P
 from . import roofline
-from .timing import peak_memory_mb, time_fn
+from .timing import peak_memory_mb, time_fn, time_interleaved_cpu
 
 
 @dataclass
@@ -171,23 +171,33 @@ def prepare(case, dtype_name, layout, mode, provider, device):
     return cls(case, C.DTYPES[dtype_name], layout, mode, provider, device)
 
 
-def run_row(job, cfg: RunConfig) -> dict:
-    """Measure one job; a failure becomes a row with status 'error' rather than ending the run."""
+def _new_row(job, cfg: RunConfig) -> dict:
     case, dtype_name, layout, mode, provider = job
-    dtype, device = C.DTYPES[dtype_name], cfg.device
     impl = P.describe(provider, case)
     if provider == "fused" or provider == "fused-compiled":
-        impl += f" [{fused_path_name(device)}]"
-    row = dict(case=case.name, case_label=case.label, kind=case.kind, shapes=case.shapes(),
-               dtype=dtype_name, layout=layout, mode=mode, provider=provider, impl=impl,
-               status="ok", note="", median_ms=None, q20_ms=None, q80_ms=None, min_ms=None, timer=None,
-               speedup_vs_eager=None, bytes=case.nbytes(mode, dtype), gbps=None,
-               pct_of_floor=None, peak_mb=None, rel_err=None, n_sets=cfg.n_sets)
+        impl += f" [{fused_path_name(cfg.device)}]"
+    return dict(case=case.name, case_label=case.label, kind=case.kind, shapes=case.shapes(),
+                dtype=dtype_name, layout=layout, mode=mode, provider=provider, impl=impl,
+                status="ok", note="", median_ms=None, q20_ms=None, q80_ms=None, min_ms=None, timer=None,
+                speedup_vs_eager=None, bytes=case.nbytes(mode, C.DTYPES[dtype_name]), gbps=None,
+                pct_of_floor=None, peak_mb=None, rel_err=None, n_sets=cfg.n_sets)
+
+
+def _record_error(row: dict, e: Exception) -> None:
+    # An OOM or an unsupported dtype becomes the row's status rather than ending the run.
+    first_line = (str(e).strip().splitlines() or [""])[0]
+    row.update(status="error", note=f"{type(e).__name__}: {first_line[:200]}")
+
+
+def _set_up(row: dict, job, cfg: RunConfig):
+    """Prepare the job's provider, fill in the row's rel_err and peak_mb, and return the callable
+    to time (each call runs the next input set), or None when the row is skipped or failed."""
+    case, dtype_name, layout, mode, provider = job
+    device = cfg.device
     if provider in P.COMPILED and device.type == "cpu" and not cfg.allow_compile_on_cpu:
         row.update(status="skipped", note="torch.compile on the CPU is opt-in (--compile): "
                                           "max-autotune compiles take minutes on 2 cores")
-        return row
-    bench = calls = None
+        return None
     try:
         bench = prepare(case, dtype_name, layout, mode, provider, device)
         # Set 0 alone first, so the peak-memory figure counts one set's inputs, not all of them.
@@ -196,21 +206,45 @@ def run_row(job, cfg: RunConfig) -> dict:
         calls[0]()  # compiles / autotunes outside of any measurement
         row["peak_mb"] = peak_memory_mb(calls[0], device)
         calls += bench.calls(range(1, cfg.n_sets))
-        rotation = itertools.cycle(calls)
-        t = time_fn(lambda: next(rotation)(), device, cfg.gpu_warmup_ms, cfg.gpu_rep_ms,
-                    cfg.cpu_warmup, cfg.cpu_repeats)
-        row.update(t)
-        row["gbps"], row["pct_of_floor"] = roofline.achieved(row["bytes"], t["median_ms"],
-                                                             cfg.ceiling_gbps)
-    except Exception as e:  # noqa: BLE001 - an OOM or an unsupported dtype must not end the run
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        row.update(status="error", note=f"{type(e).__name__}: {first_line[:200]}")
+    except Exception as e:  # noqa: BLE001
+        _record_error(row, e)
+        return None
+    rotation = itertools.cycle(calls)
+    return lambda: next(rotation)()
+
+
+def _run_group(jobs, cfg: RunConfig) -> list:
+    """Rows for jobs that differ only in their provider. On a GPU the group is one job, timed
+    alone by do_bench; on the CPU the group's providers are timed in turns (timing.py says why)."""
+    rows = [_new_row(job, cfg) for job in jobs]
+    timed = []
+    try:
+        for row, job in zip(rows, jobs):
+            fn = _set_up(row, job, cfg)
+            if fn is not None:
+                timed.append((row, fn))
+        if not timed:
+            return rows
+        try:
+            if len(timed) == 1:
+                results = [time_fn(timed[0][1], cfg.device, cfg.gpu_warmup_ms, cfg.gpu_rep_ms,
+                                   cfg.cpu_warmup, cfg.cpu_repeats)]
+            else:
+                results = time_interleaved_cpu([fn for _, fn in timed], cfg.cpu_warmup, cfg.cpu_repeats)
+        except Exception as e:  # noqa: BLE001
+            for row, _ in timed:
+                _record_error(row, e)
+            return rows
+        for (row, _), t in zip(timed, results):
+            row.update(t)
+            row["gbps"], row["pct_of_floor"] = roofline.achieved(row["bytes"], t["median_ms"],
+                                                                 cfg.ceiling_gbps)
+        return rows
     finally:
-        del bench, calls
+        del timed
         gc.collect()
-        if device.type == "cuda":
+        if cfg.device.type == "cuda":
             torch.cuda.empty_cache()
-    return row
 
 
 def add_speedups(rows) -> None:
@@ -225,14 +259,19 @@ def add_speedups(rows) -> None:
 
 def run_all(jobs, cfg: RunConfig, progress=None) -> list:
     """Rows for all jobs, speedups filled in. `progress` is a tqdm-like bar (or None)."""
+    if cfg.device.type == "cuda":
+        groups = [[job] for job in jobs]
+    else:  # plan() lists the providers of one (case, dtype, layout, mode) next to each other
+        groups = [list(g) for _, g in itertools.groupby(jobs, key=lambda job: job[:4])]
     rows = []
     with cpu_fast_path(cfg.device):
-        for job in jobs:
-            case, dtype, layout, mode, provider = job
+        for group in groups:
+            case, dtype, layout, mode, _ = group[0]
             if progress is not None:
-                progress.set_postfix_str(f"{case.name} {dtype} {layout} {mode} {provider}")
-            rows.append(run_row(job, cfg))
+                providers = ",".join(job[4] for job in group)
+                progress.set_postfix_str(f"{case.name} {dtype} {layout} {mode} {providers}")
+            rows.extend(_run_group(group, cfg))
             if progress is not None:
-                progress.update(1)
+                progress.update(len(group))
     add_speedups(rows)
     return rows
