@@ -39,8 +39,8 @@ def _conv_taps(x, weight, bias) -> torch.Tensor:
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     if output_memory_format(x) == torch.channels_last:
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)
-        w_mat = weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+        pixels = _pixel_major(x)
+        w_mat = _weight_matrix(weight)
         y = pixels @ w_mat if bias is None else torch.addmm(bias.repeat(4), pixels, w_mat)
         return y.view(n, h, w, 2, 2, cout).permute(0, 5, 1, 3, 2, 4)
     images = x.reshape(n, cin, h * w)
@@ -71,13 +71,14 @@ def up_concat_forward(x, skip, weight, bias, relu: bool) -> torch.Tensor:
     return out
 
 
-def _masked_into(dst: torch.Tensor, grad: torch.Tensor, out, relu: bool) -> None:
-    """dst = grad where the forward ReLU let the value through, in one pass over any strides.
+def _masked_into(dst: torch.Tensor, grad: torch.Tensor, out) -> None:
+    """dst = grad where the forward ReLU let the value through (out None: no ReLU, all of grad),
+    in one pass over any strides.
 
     threshold_backward is autograd's own ReLU backward: 0 where out <= 0, else grad, so a NaN
     output passes its gradient exactly as in the reference. Its out= form writes straight into a
     permuted view, so no temporary is built."""
-    if relu:
+    if out is not None:
         torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=dst)
     else:
         dst.copy_(grad)
@@ -97,13 +98,13 @@ def up_concat_backward(grad, out, x, weight, has_bias: bool):
     cout = weight.shape[1]
     fmt = output_memory_format(x)
     dskip = new_buffer((n, grad.shape[1] - cout, 2 * h, 2 * w), x, memory_format=fmt)
-    _masked_into(dskip, grad[:, cout:], out[:, cout:] if relu else None, relu)
+    _masked_into(dskip, grad[:, cout:], out[:, cout:] if relu else None)
     grad_taps = _taps_view(grad, 0, cout)                      # [N, H, a, W, b, Cout]
     out_taps = _taps_view(out, 0, cout) if relu else None
     dx = new_buffer(x.shape, x, memory_format=fmt)
     if fmt == torch.channels_last:
         gy = new_buffer((n, h, w, 2, 2, cout), x)
-        _masked_into(gy.permute(0, 1, 3, 2, 4, 5), grad_taps, out_taps, relu)
+        _masked_into(gy.permute(0, 1, 3, 2, 4, 5), grad_taps, out_taps)
         gy = gy.view(n * h * w, 4 * cout)
         w_mat = _weight_matrix(weight)                          # [Cin, (a, b, o)]
         torch.mm(gy, w_mat.t(), out=dx.permute(0, 2, 3, 1).view(n * h * w, cin))
@@ -111,7 +112,7 @@ def up_concat_backward(grad, out, x, weight, has_bias: bool):
         dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)
     else:
         gy = new_buffer((n, cout, 2, 2, h, w), x)
-        _masked_into(gy.permute(0, 4, 2, 5, 3, 1), grad_taps, out_taps, relu)
+        _masked_into(gy.permute(0, 4, 2, 5, 3, 1), grad_taps, out_taps)
         gy = gy.view(n, 4 * cout, h * w)
         w_mat = weight.reshape(cin, 4 * cout)                   # [Cin, (o, a, b)]: weight's own order
         torch.bmm(w_mat.expand(n, -1, -1), gy, out=dx.view(n, cin, h * w))
