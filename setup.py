@@ -24,7 +24,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        # onnx + onnxruntime so that the suite also checks `unet-fast export` end to end.
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"],
         "onnx": ["onnx", "onnxruntime"],
     },
     entry_points={"console_scripts": ["unet-fast=unet_fast.cli:main"]},
