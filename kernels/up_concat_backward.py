@@ -139,7 +139,10 @@ def up_concat_backward_weight_kernel(
         acc10 = tile_product(x_t, gy10, acc10, USE_DOT, UPCAST, INPUT_PRECISION)
         acc11 = tile_product(x_t, gy11, acc11, USE_DOT, UPCAST, INPUT_PRECISION)
         if HAS_BIAS:
-            bias_acc += tl.sum((gy00 + gy01 + gy10 + gy11).to(acc_dtype), axis=0)
+            # Each tap upcast before adding: on the GPU gy is bf16/fp16, and a sum of four in that
+            # dtype would round every pixel's contribution to dbias.
+            bias_acc += tl.sum(gy00.to(acc_dtype) + gy01.to(acc_dtype) + gy10.to(acc_dtype)
+                               + gy11.to(acc_dtype), axis=0)
     # dw_part is [SPLIT, CIN, COUT, 4] contiguous: the 4 taps of weight[c, o] are adjacent.
     dw_ptrs = dw_ptr + pid_s * CIN * COUT * 4 + (offs_c[:, None] * COUT + offs_o[None, :]) * 4
     dw_mask = mask_c[:, None] & mask_o[None, :]
