@@ -1,12 +1,12 @@
 """Backward of up_concat: two launches plus a small reduction.
 
-With gy = grad[:, :Cout] (times the ReLU mask out > 0 when relu=True) seen as the GEMM output
+With gy = grad[:, :Cout] (zeroed where out <= 0 when relu=True) seen as the GEMM output
 unshuffled to [M, 4*Cout] (see up_concat_forward.py for the index math):
   dx     = gy @ W^T            one [BLOCK_M pixels, BLOCK_N Cin] tile per program, K = 4 taps x Cout
   dskip  = grad[:, Cout:] * mask    copied by extra column tiles of the same launch, as in forward
   dW     = X^T @ gy            K = the M pixels: split over programs (split-K), partial sums
   dbias  = sum of gy           in fp32, summed on the host (deterministic, no atomics)
-The mask is read from the saved output: the ReLU let a value through exactly where out <= 0 is false.
+The mask is read from the saved output (so no separate mask tensor is kept).
 """
 import torch
 import triton

@@ -55,7 +55,7 @@ def _(x, skip, weight, bias, relu):
 def _up_concat_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor,
                         has_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dskip, dweight, dbias). `out` is the forward's result when it applied a ReLU (the mask
-    is out > 0), None otherwise."""
+    is out <= 0, as in threshold_backward), None otherwise."""
     if uses_triton(x):
         return _triton_backward(grad, out if out is not None else grad, x, weight,
                                 relu=out is not None, has_bias=has_bias)
