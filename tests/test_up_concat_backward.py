@@ -106,3 +106,32 @@ def test_backward_op_directly(monkeypatch, path):
     reference_out(*ref, True).sum().backward()
     for name, got, r in zip(("dx", "dskip", "dweight", "dbias"), (dx, dskip, dweight, dbias), ref):
         assert_close_to_reference(got, r.grad, torch.float32, name)
+
+
+def test_triton_backward_runs_its_two_kernels(monkeypatch):
+    """With the Triton path selected, the backward launches the input-gradient kernel and the
+    weight-gradient kernel once each and never touches the PyTorch path."""
+    from unet_fast import torch_path
+    from unet_fast.kernels import up_concat_backward as bwd_module
+
+    select_path(monkeypatch, "triton")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the PyTorch path ran")
+
+    monkeypatch.setattr(torch_path, "up_concat_backward", fail)
+    launches = []
+
+    class Spy:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in ("up_concat_backward_input_kernel", "up_concat_backward_input_kernel_autotuned",
+                 "up_concat_backward_weight_kernel"):
+        monkeypatch.setattr(bwd_module, name, Spy(name.replace("_autotuned", ""), getattr(bwd_module, name)))
+    grads_against_reference(make_inputs(1, 3, 4, 5, 2, 3, torch.float32), True, torch.float32)
+    assert sorted(launches) == ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"]
