@@ -52,3 +52,30 @@ def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtyp
     for idx in bad[:8].tolist():
         lines.append(f"  at {tuple(idx)}: got {a[tuple(idx)].item():.6g}, want {e[tuple(idx)].item():.6g}")
     raise AssertionError("\n".join(lines))
+
+
+def spy_on_triton_launches(monkeypatch, kernel_module, torch_path_function: str) -> list:
+    """Make the PyTorch path's `torch_path_function` fail if called, and wrap every Triton kernel
+    of `kernel_module` (plain and autotuned) so each launch appends the kernel's name (without
+    `_autotuned`) to the returned list before running it."""
+    from unet_fast import torch_path
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the PyTorch path ran")
+
+    monkeypatch.setattr(torch_path, torch_path_function, fail)
+    launches = []
+
+    class Spy:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in dir(kernel_module):
+        if name.endswith("_kernel") or name.endswith("_kernel_autotuned"):
+            kernel = getattr(kernel_module, name)
+            monkeypatch.setattr(kernel_module, name, Spy(name.replace("_autotuned", ""), kernel))
+    return launches

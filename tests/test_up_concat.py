@@ -4,7 +4,8 @@ import torch
 
 import unet_fast
 from unet_fast import reference, up_concat
-from helpers import DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path
+from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
+                     spy_on_triton_launches)
 
 # (N, Cin, Cout, Cs, H, W): odd channel counts, H or W of 1, odd spatial sizes, more than one
 # tile of pixels and of channels.
@@ -106,27 +107,10 @@ def test_nan_and_inf_propagate_as_in_reference(monkeypatch, path, relu):
 def test_triton_path_runs_the_triton_kernel(monkeypatch):
     """With the Triton path selected (compiled on a GPU, TRITON_INTERPRET=1 on the CPU), the op
     launches the Triton kernel once and never touches the PyTorch path."""
-    from unet_fast import torch_path
     from unet_fast.kernels import up_concat_forward as fwd_module
 
     select_path(monkeypatch, "triton")
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the PyTorch path ran")
-
-    monkeypatch.setattr(torch_path, "up_concat_forward", fail)
-    launches = []
-
-    class Spy:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return self.kernel[grid]
-
-    for name in ("up_concat_forward_kernel", "up_concat_forward_kernel_autotuned"):
-        monkeypatch.setattr(fwd_module, name, Spy(getattr(fwd_module, name)))
+    launches = spy_on_triton_launches(monkeypatch, fwd_module, "up_concat_forward")
     args = make_inputs(1, 3, 4, 5, 2, 3, torch.float32)
     out = up_concat(*args)
     assert len(launches) == 1, "exactly one kernel launch per forward"

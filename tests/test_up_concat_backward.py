@@ -4,7 +4,8 @@ import torch
 
 from unet_fast import up_concat
 from unet_fast.up_concat_op import _up_concat_backward
-from helpers import DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path
+from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
+                     spy_on_triton_launches)
 from test_up_concat import LAYOUTS, SHAPES, layout_inputs, make_inputs, reference_out
 
 
@@ -111,27 +112,9 @@ def test_backward_op_directly(monkeypatch, path):
 def test_triton_backward_runs_its_two_kernels(monkeypatch):
     """With the Triton path selected, the backward launches the input-gradient kernel and the
     weight-gradient kernel once each and never touches the PyTorch path."""
-    from unet_fast import torch_path
     from unet_fast.kernels import up_concat_backward as bwd_module
 
     select_path(monkeypatch, "triton")
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the PyTorch path ran")
-
-    monkeypatch.setattr(torch_path, "up_concat_backward", fail)
-    launches = []
-
-    class Spy:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            launches.append(self.name)
-            return self.kernel[grid]
-
-    for name in ("up_concat_backward_input_kernel", "up_concat_backward_input_kernel_autotuned",
-                 "up_concat_backward_weight_kernel"):
-        monkeypatch.setattr(bwd_module, name, Spy(name.replace("_autotuned", ""), getattr(bwd_module, name)))
+    launches = spy_on_triton_launches(monkeypatch, bwd_module, "up_concat_backward")
     grads_against_reference(make_inputs(1, 3, 4, 5, 2, 3, torch.float32), True, torch.float32)
     assert sorted(launches) == ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"]
