@@ -15,10 +15,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
 def _path_name(t: torch.Tensor) -> str:
     if not uses_triton(t):
         return "PyTorch path"
@@ -44,7 +40,7 @@ def run(args) -> int:
         leaves = [t.detach().double().requires_grad_() for t in (x, skip, up.weight, up.bias)]
         ref = reference.up_concat(*leaves)
         want = torch.autograd.grad(ref, leaves, grad.double())
-        errs = [_rel_err(out, ref)] + [_rel_err(g, w) for g, w in zip(got, want)]
+        errs = [reference.relative_error(a, e) for a, e in zip((out, *got), (ref, *want))]
         worst = max(worst, max(errs) if dtype in (torch.float32, torch.float64) else 0.0)
         print(f"up_concat {str(dtype):15s} out {errs[0]:.1e}  dx {errs[1]:.1e}  dskip {errs[2]:.1e}  "
               f"dweight {errs[3]:.1e}  dbias {errs[4]:.1e}")
@@ -52,7 +48,7 @@ def run(args) -> int:
     ref_model = reference.ReferenceUNet(base_channels=8).to(device)
     ref_model.load_state_dict(model.state_dict(), strict=True)
     image = torch.rand(1, 3, 45, 61, device=device)
-    err = _rel_err(model(image), ref_model(image))
+    err = reference.relative_error(model(image), ref_model(image))
     worst = max(worst, err)
     print(f"UNet vs ReferenceUNet, float32, input 1x3x45x61: {err:.1e}")
     ok = worst < 1e-4

@@ -16,6 +16,13 @@ def up_concat(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
     return torch.relu(y) if relu else y
 
 
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64: how far a result is from this oracle
+    (`unet-fast check` and the benchmark rows report it)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
 class ReferenceUNet(UNetLayers):
     """`UNet` with its decoder steps in plain PyTorch: ConvTranspose2d, torch.cat, relu."""
 

@@ -187,7 +187,8 @@ def _run(args) -> int:
                 fused_path=fused_path, n_sets=cfg.n_sets, quick=args.quick, threads=torch.get_num_threads(),
                 threads_reason=threads_reason,
                 timer=("triton.testing.do_bench, quantiles [0.5, 0.2, 0.8]" if device.type == "cuda" else
-                       f"time.perf_counter, {cfg.cpu_warmup} warm-up + median of {cfg.cpu_repeats}"),
+                       f"time.perf_counter, {cfg.cpu_warmup} warm-up + median of {cfg.cpu_repeats}, "
+                       "the providers of a row group in turns"),
                 compile_mode=P.COMPILE_MODE,
                 options={k: v for k, v in vars(args).items() if not k.startswith("_")})
 

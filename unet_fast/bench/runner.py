@@ -81,11 +81,6 @@ def fused_path_name(device: torch.device) -> str:
     return "Triton" if device.type == "cuda" else "Triton interpreter"
 
 
-def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.detach().double(), want.detach().double()
-    return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
-
-
 class _StepBench:
     """A decoder-step provider and its weights; `calls(seeds)` builds one callable per input set."""
 
@@ -120,7 +115,7 @@ class _StepBench:
         if i == 0:
             with torch.no_grad():
                 want = reference.up_concat(x.double(), skip.double(), weight.double(), bias.double())
-            self.rel_err = _rel_err(out, want)
+            self.rel_err = reference.relative_error(out, want)
             del want
         if mode != "backward":
             del out  # only the backward mode's closure needs its graph kept alive
@@ -159,7 +154,7 @@ class _ModelBench:
                 out = model(image).detach()
             oracle = P.reference_model_fp64(self.case, raw.state_dict(), self.device)
             with torch.no_grad():
-                self.rel_err = _rel_err(out, oracle(image.double()))
+                self.rel_err = reference.relative_error(out, oracle(image.double()))
             del oracle, out
         return call
 
