@@ -1,16 +1,19 @@
 """Bad input to train / predict / export: exit code 2, one line naming the problem, nothing written."""
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import unet_fast
 from unet_fast import checkpoint, export
 from unet_fast.atomic_write import atomic_write
 from unet_fast.errors import CLIError
 from unet_fast.model import UNet
 from unet_fast.train import fit
 from workflow_fixtures import (assert_cli_error, make_folder_dataset, pytorch_path,  # noqa: F401
-                               tiny_options, tree)
+                               run_cli, tiny_options, tree)
 
 TINY = ["--epochs", "1", "--base-channels", "4", "--batch-size", "2", "--no-progress"]
 
@@ -106,6 +109,47 @@ def test_train_bad_options(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option,value,expected", [
+    ("--lr", "inf", "--lr must be a positive finite number, got inf"),
+    ("--lr", "nan", "--lr must be a positive finite number, got nan"),
+    ("--lr", "0", "--lr must be a positive finite number"),
+    ("--weight-decay", "-5", "--weight-decay must be a finite number >= 0, got -5.0"),
+    ("--weight-decay", "nan", "--weight-decay must be a finite number >= 0, got nan"),
+    ("--device", "meta", "device meta holds no data"),
+])
+def test_train_numeric_options_and_device_are_checked_before_anything_is_made(tmp_path, capsys, option,
+                                                                              value, expected):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "train", "--samples", "8", option, value, "--out", out, *TINY,
+                     contains=[expected])
+    assert not out.exists()
+
+
+def test_train_refuses_to_replace_an_earlier_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("metrics.json", "best.pt"):  # any one of a run's files is enough
+        (out / name).write_bytes(b"earlier run")
+        assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "16", "--out", out, *TINY,
+                         contains=[f"{out / name} already exists", "--resume", "--overwrite"])
+    assert tree(out) == {"best.pt": b"earlier run", "metrics.json": b"earlier run"}
+    with pytest.raises(CLIError, match="best.pt already exists"):  # the Python API too
+        fit(tiny_options(out, samples=8, epochs=1))
+    assert tree(out) == {"best.pt": b"earlier run", "metrics.json": b"earlier run"}
+    code, stdout, err = run_cli(capsys, "train", "--samples", "8", "--image-size", "16", "--out", out,
+                                *TINY, "--overwrite")
+    assert code == 0, err
+    assert checkpoint.read(out / "best.pt")["epoch"] == 1
+
+
+def test_demo_refuses_to_replace_an_earlier_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "samples").mkdir(parents=True)
+    assert_cli_error(capsys, "demo", "--epochs", "1", "--out", out, "--no-progress",
+                     contains=[f"{out / 'samples'} already exists", "--overwrite"])
+    assert tree(out) == {}
+
+
 def test_train_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
@@ -199,6 +243,60 @@ def test_predict_unwritable_output_and_bad_tiling(tmp_path, capsys, ckpt, image)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("options,expected", [
+    (["--alpha", "1.5"], "--alpha is the overlay's opacity and must be in [0, 1], got 1.5"),
+    (["--alpha", "nan"], "--alpha is the overlay's opacity and must be in [0, 1], got nan"),
+    (["--tile", "0"], "--tile must be an integer of at least 16 pixels, got 0"),  # not "no tiling"
+    (["--tile", "8"], "--tile must be an integer of at least 16 pixels, got 8"),
+    (["--overlap", "32"], "--overlap is the overlap between tiles: it needs --tile"),
+    (["--tile", "64", "--overlap", "-1"], "--overlap must be an integer >= 0, got -1"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--device", "meta"], "device meta holds no data"),
+])
+def test_predict_options_are_checked_before_anything_is_written(tmp_path, capsys, ckpt, image, options,
+                                                                 expected):
+    out = tmp_path / "out"
+    assert_cli_error(capsys, "predict", ckpt, image, "--out", out, *options, contains=[expected])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"amp": "bf17"}, "amp must be None, 'bf16' or 'fp16', got 'bf17'"),
+    ({"tile": 0}, "tile must be an integer of at least 16 pixels, got 0"),
+    ({"overlap": 16}, "overlap is the overlap between tiles: it needs tile"),
+])
+def test_predict_api_checks_its_arguments(kwargs, expected):
+    model = UNet(out_channels=2, base_channels=4).eval()
+    with pytest.raises(CLIError, match=re.escape(expected)):
+        unet_fast.predict(model, torch.rand(3, 20, 24), **kwargs)
+
+
+def test_predict_refuses_to_replace_files_and_ground_truth_masks(tmp_path, capsys, ckpt):
+    root = make_folder_dataset(tmp_path / "data", count=2)
+    masks = tree(root / "masks")
+    images = [root / "images" / "img_0.png", root / "images" / "img_1.png"]
+    # --out DATA/masks: the loader's NAME_mask.png are the ground truth, not to be replaced.
+    assert_cli_error(capsys, "predict", ckpt, *images, "--out", root / "masks",
+                     contains=[f"{root / 'masks' / 'img_0_mask.png'} already exists", "--overwrite"])
+    assert tree(root / "masks") == masks
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "img_1_overlay.png").write_bytes(b"earlier")
+    assert_cli_error(capsys, "predict", ckpt, *images, "--out", out,
+                     contains=[f"{out / 'img_1_overlay.png'} already exists"])
+    assert tree(out) == {"img_1_overlay.png": b"earlier"}  # img_0 was not written either
+    code, stdout, err = run_cli(capsys, "predict", ckpt, *images, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert sorted(tree(out)) == ["img_0_mask.png", "img_0_overlay.png", "img_1_mask.png", "img_1_overlay.png"]
+    assert tree(out)["img_1_overlay.png"] != b"earlier"
+    # An output that would replace an input image is refused even with --overwrite.
+    (out / "img_0_mask.png").replace(out / "img_0.png")
+    (out / "img_1_overlay.png").replace(out / "img_0_mask.png")
+    assert_cli_error(capsys, "predict", ckpt, out / "img_0.png", out / "img_0_mask.png", "--out", out,
+                     "--overwrite", contains=[f"{out / 'img_0_mask.png'} would replace an input image"])
+
+
 # ---- export ------------------------------------------------------------------------------------
 
 def test_export_errors(tmp_path, capsys, ckpt):
@@ -209,6 +307,25 @@ def test_export_errors(tmp_path, capsys, ckpt):
     blocker.write_text("x")
     assert_cli_error(capsys, "export", ckpt, "--onnx", blocker / "m.onnx", contains=["file.txt"])
     assert_cli_error(capsys, "export", ckpt, "--onnx", tmp_path, contains=["is a folder"])
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("opset", ["5", "10", "99"])
+def test_export_opset_out_of_range(tmp_path, capfd, ckpt, opset):
+    pytest.importorskip("onnx")
+    # capfd: the exporter's graph dump is written by C++ straight to the process's stderr.
+    assert_cli_error(capfd, "export", ckpt, "--onnx", tmp_path / "m.onnx", "--opset", opset,
+                     contains=[f"--opset {opset}", f"between {export.MIN_OPSET} and {export.MAX_OPSET}"])
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_failure_is_one_line_without_the_exporters_graph_dump(tmp_path, capfd, ckpt, monkeypatch):
+    pytest.importorskip("onnx")
+    monkeypatch.setattr(export, "MIN_OPSET", 9, raising=False)  # opset 9 cannot express the padding
+    # capfd: the exporter prints the traced graph from C++, straight to the process's stdout.
+    code, out, err = run_cli(capfd, "export", ckpt, "--onnx", tmp_path / "m.onnx", "--opset", "9")
+    assert (code, out) == (2, ""), out[:500]
+    assert len(err.splitlines()) == 1 and "ONNX export of" in err and "opset" in err, err
     assert not list(tmp_path.glob("*.onnx"))
 
 
@@ -237,6 +354,42 @@ def test_a_checkpoint_that_fails_to_save_leaves_the_previous_one(tmp_path, monke
     with pytest.raises(CLIError, match="cannot write .*last.pt: .*No space left"):
         checkpoint.save(target, {"model": {}})
     assert tree(tmp_path) == {"last.pt": b"previous good checkpoint"}
+
+
+def test_a_checkpoint_save_that_torch_reports_as_runtime_error_is_a_cli_error(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous good checkpoint")
+
+    def zip_writer_fails(obj, path):  # what torch.save raises when the disk fills up
+        with open(path, "wb") as f:
+            f.write(b"PK half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                           "PytorchStreamWriter failed writing file data/0: file write failed")
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    with pytest.raises(CLIError, match=r"cannot write .*last\.pt: torch.save failed: .*file write failed$"):
+        checkpoint.save(target, {"model": {}})
+    assert tree(tmp_path) == {"last.pt": b"previous good checkpoint"}
+
+
+def test_disk_full_during_training_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, capsys,
+                                                                                monkeypatch):
+    out = tmp_path / "run"
+    real_save, saves = torch.save, []
+
+    def full_from_the_third_save(obj, path):  # epoch 1 writes best.pt and last.pt, then the disk fills
+        saves.append(path)
+        if len(saves) >= 3:
+            with open(path, "wb") as f:
+                f.write(b"PK")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+        real_save(obj, path)
+    monkeypatch.setattr(torch, "save", full_from_the_third_save)
+    assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "16", "--out", out, "--epochs", "2",
+                     "--base-channels", "4", "--batch-size", "2", "--no-progress",
+                     contains=["cannot write", ".pt: torch.save failed", "file write failed"])
+    for name in ("best.pt", "last.pt"):
+        assert checkpoint.read(out / name)["epoch"] == 1, name
+    assert sorted(tree(out)) == ["best.pt", "curves.png", "last.pt", "metrics.json"]  # no temporary
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):

@@ -34,9 +34,21 @@ def model_config(model, class_names) -> dict:
 
 
 def save(path, payload: dict) -> None:
-    """Write a checkpoint atomically: a temporary file in the same folder, then a rename."""
+    """Write a checkpoint atomically: a temporary file in the same folder, then a rename.
+
+    A full disk or a failing write ends in CLIError naming `path`; the file it would have
+    replaced is kept and the temporary file removed."""
     payload = dict(payload, format=FORMAT, version=VERSION)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: _torch_save(payload, tmp))
+
+
+def _torch_save(payload: dict, path: str) -> None:
+    try:
+        torch.save(payload, path)
+    except RuntimeError as e:
+        # torch's zip writer reports a failed file write (a full disk, a quota) as RuntimeError
+        # ("PytorchStreamWriter failed writing file ..."): an OSError, as far as callers care.
+        raise OSError(f"torch.save failed: {one_line(e)}") from e
 
 
 def read(path, map_location="cpu") -> dict:

@@ -2,7 +2,9 @@
 
 A dataset yields (image, mask): image a uint8 tensor [3, H, W], mask a uint8 tensor [H, W] of
 class indices. The model sees image / 255 (see `to_model_input`); nothing else is normalised, so
-prediction needs no statistics from training.
+prediction needs no statistics from training. Files are read as viewers show them (EXIF
+orientation applied) and images deeper than 8 bits are scaled to 8 bits (see `to_8_bit`), the
+same way for training and prediction.
 
 Folder layout:
     ROOT/images/NAME.(png|jpg|jpeg|bmp|tif|tiff|gif|webp)
@@ -18,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic_write import one_line
 from .errors import CLIError
@@ -138,24 +140,62 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
 # A folder of images/ and masks/
 # --------------------------------------------------------------------------------------------
 
+# PIL's single-channel modes deeper than 8 bits: 16-bit unsigned integers, 32-bit signed
+# integers (how PIL opens some 16-bit PNGs and TIFFs) and 32-bit floats.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+INTEGER_MODES = SIXTEEN_BIT_MODES + ("I",)
+FLOAT_MODES = ("F",)
+
+
+def to_8_bit(image: Image.Image, what: str) -> Image.Image:
+    """`image` scaled to 8 bits ("L") if its one channel is deeper; any other mode as it is.
+
+    PIL's convert("L"/"RGB") clips such values at 255 instead of scaling them, which turns a
+    16-bit picture white. The rules, so that training and prediction read a file alike:
+    integer modes (I;16*, I) are 16-bit levels, value / 257 (65535 -> 255; a 16-bit copy of an
+    8-bit image, value x 257, reads back exactly), and I values outside 0..65535 are an error;
+    F (floats, in no fixed unit: depth in metres, intensities) is min-max scaled per image
+    (a constant image reads as 0), and NaN or Inf is an error. `what` names the image in errors.
+    """
+    if image.mode not in INTEGER_MODES + FLOAT_MODES:
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if values.size == 0:
+        return Image.fromarray(values.astype(np.uint8))
+    low, high = values.min(), values.max()
+    if image.mode in FLOAT_MODES:
+        if not np.isfinite(values).all():
+            raise CLIError(f"{what} holds NaN or infinite values; a float image must be finite")
+        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    else:
+        if low < 0 or high > 65535:
+            raise CLIError(f"{what} holds values from {low:.0f} to {high:.0f}; integer images are "
+                           "read as 16-bit (0..65535): convert it to 8 or 16 bits")
+        scaled = values / 257
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))
+
+
 def read_image(path, mode: str = "RGB") -> Image.Image:
-    """Open and fully decode an image (so a truncated file fails here), converted to `mode`."""
+    """Open and fully decode an image (so a truncated file fails here), upright as its EXIF
+    orientation says, deeper than 8 bits scaled by `to_8_bit`, and converted to `mode`."""
     if not os.path.exists(path):
         raise CLIError(f"image {path} not found")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert(mode)
+            return to_8_bit(ImageOps.exif_transpose(im), f"image {path}").convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise CLIError(f"cannot read image {path}: {one_line(e)}") from e
 
 
 def mask_array(path) -> np.ndarray:
-    """A mask file's class indices as an integer array [H, W]."""
+    """A mask file's class indices as an integer array [H, W], upright as its EXIF orientation
+    says (the same rule as its image's, so a pair rotated alike still matches)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        with Image.open(path) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
+            if im.mode in ("L", "P") + INTEGER_MODES:
                 return np.asarray(im)
             if im.mode == "1":
                 return np.asarray(im).astype(np.uint8)

@@ -10,6 +10,8 @@ training images: the model takes any size) and writes into --out:
   curves.png             loss and Dice curves
   predictions.png        held-out images, their true masks and the predicted overlays
   samples/               held-out images with NAME_mask.png and NAME_overlay.png
+
+An --out that already holds these is refused unless --overwrite.
 """
 import argparse
 import os
@@ -19,12 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic_write import prepare_output_dir, refuse_to_overwrite
 from .data import SYNTHETIC_CLASSES, synthetic_sample
+from .errors import Interrupted
 from .metrics import confusion_matrix, format_scores, scores
 from .overlay import overlay, save_mask_and_overlay, save_png
 from .plots import plot_predictions
 from .predict import predict
-from .train import TrainOptions, fit, flush_denormals
+from .train import RUN_FILES, TrainOptions, fit, flush_denormals
 
 # Tuned so that 2 CPU cores finish in well under 3 minutes with a validation mean Dice >= 0.9.
 DEMO_TRAINING = dict(samples=512, image_size=(64, 64), base_channels=16, batch_size=8, lr=3e-3,
@@ -32,6 +36,7 @@ DEMO_TRAINING = dict(samples=512, image_size=(64, 64), base_channels=16, batch_s
 HELD_OUT_SIZE = (96, 128)     # larger than the training images, to show any-size prediction
 HELD_OUT_INDEX = 1_000_000    # far from the training indices of the same seed: never seen
 TARGET_DICE = 0.9
+DEMO_FILES = tuple(RUN_FILES.values()) + ("predictions.png", "samples")
 
 
 def add_arguments(parser) -> None:
@@ -43,6 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--samples", type=int, default=6, help="held-out images to draw (default %(default)s)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="tqdm progress bars (default: when stderr is a terminal)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo's files in --out")
 
 
 def _held_out(model, seed: int, count: int):
@@ -66,8 +73,15 @@ def _run(args) -> int:
     start = time.perf_counter()
     say = lambda s: print(s, flush=True)  # noqa: E731
     opts = TrainOptions(**dict(DEMO_TRAINING, epochs=args.epochs), out=args.out, device=args.device,
-                        seed=args.seed, progress=args.progress, log=say)
-    result = fit(opts)
+                        seed=args.seed, progress=args.progress, overwrite=args.overwrite, log=say)
+    if not args.overwrite:
+        refuse_to_overwrite([os.path.join(args.out, name) for name in DEMO_FILES],
+                            "--out holds an earlier demo: pass --overwrite to replace it, or "
+                            "choose another --out")
+    try:
+        result = fit(opts)
+    except Interrupted as e:  # the demo has no --resume: say where it stopped, not how to resume
+        raise Interrupted(f"interrupted at epoch {e.epoch}", epoch=e.epoch) from None
     model = result["model"].eval()
     class_names = result["class_names"]
     final = result["history"][-1]
@@ -75,8 +89,7 @@ def _run(args) -> int:
 
     triples, confusion = _held_out(model, args.seed, max(args.samples, 32))
     held_out = scores(confusion, class_names)
-    samples_dir = os.path.join(args.out, "samples")
-    os.makedirs(samples_dir, exist_ok=True)
+    samples_dir = prepare_output_dir(os.path.join(args.out, "samples"))
     for k, (image, truth, pred) in enumerate(triples[:args.samples]):
         stem = os.path.join(samples_dir, f"sample_{k}")
         save_png(stem + ".png", Image.fromarray(image))

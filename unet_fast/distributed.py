@@ -39,6 +39,9 @@ def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
         device = torch.device(name or default_device())
     except RuntimeError:  # torch's message lists twenty device types; the usual ones suffice
         raise CLIError(f"unknown device {name!r} (use cpu, cuda or cuda:INDEX)") from None
+    if device.type == "meta":  # torch accepts it, but its tensors have shapes and no values
+        raise CLIError(f"device {name} holds no data and cannot train or predict "
+                       "(use cpu, cuda or cuda:INDEX)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CLIError(f"device {name} requested but CUDA is not available here")
@@ -82,6 +85,16 @@ def all_reduce_sum(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:
     t = tensor.to(ctx.device if ctx.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.cpu()
+
+
+def any_rank(ctx: Context, flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (one process: `flag` itself).
+
+    For decisions that end the loop, such as a non-finite loss seen by one rank: a rank that
+    stopped alone would leave the others waiting forever in the next gradient all-reduce."""
+    if not ctx.distributed:
+        return flag
+    return bool(all_reduce_sum(ctx, torch.tensor([int(flag)])).item())
 
 
 def agree_on_error(ctx: Context, message: Optional[str]) -> None:

@@ -10,7 +10,9 @@ Uses the TorchScript exporter (dynamo=False), which needs the `onnx` package but
 
   unet-fast export runs/demo/best.pt --onnx unet.onnx
 """
+import contextlib
 import os
+import sys
 import warnings
 from typing import Callable, Optional
 
@@ -22,13 +24,52 @@ from .atomic_write import atomic_write, check_output_file, one_line
 from .errors import CLIError
 from .reference import ReferenceUNet
 
-# Traced with a size that is not a multiple of 8, so the graph keeps the model's pad-and-crop
-# path and serves every size (a multiple-of-8 trace would drop it).
+# Any size serves every size (the model always pads and crops, by 0 at multiples of 8); an odd
+# one is kept so the check below runs the padding too.
 TRACE_SIZE = (45, 61)
 CHECK_SHAPES = ((1, 45, 61), (2, 64, 96))
 # Largest |onnxruntime - PyTorch| accepted, relative to the logits' scale (float32 rounding
 # through a different operator order stays near 1e-6).
 TOLERANCE = 1e-4
+# Opsets the model exports to: from 11, the first whose Pad takes the input-dependent padding of
+# the pad-to-a-multiple-of-8 step, to the newest this torch's exporter writes.
+MIN_OPSET = 11
+try:
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+except ImportError:  # a private module: if a torch version moves it, the value of torch 2.13
+    MAX_OPSET = 23
+
+
+def check_opset(opset: int) -> None:
+    """CLIError for an opset the export cannot use, before the exporter runs (it would fail
+    only after tracing, with the whole graph printed)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise CLIError(f"--opset {opset} is not supported: it must be between {MIN_OPSET} and "
+                       f"{MAX_OPSET} (the model's dynamic padding needs {MIN_OPSET}; {MAX_OPSET} is "
+                       f"the newest this torch {torch.__version__} exports)")
+
+
+@contextlib.contextmanager
+def _native_output_silenced():
+    """File descriptors 1 and 2 sent to /dev/null: when torch's TorchScript exporter fails it
+    prints the whole traced graph (a hundred lines) from C++, past Python's sys.stdout; the
+    exception it raises says what went wrong, and becomes our one-line error."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+    except OSError:  # no such descriptors (a daemon): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            for fd in saved:
+                os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def export_onnx(model: ReferenceUNet, path, opset: int = 17,
@@ -42,7 +83,7 @@ def export_onnx(model: ReferenceUNet, path, opset: int = 17,
     axes = {0: "batch", 2: "height", 3: "width"}
 
     def write(tmp):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_output_silenced():
             # TracerWarnings about the shape checks and the legacy-exporter notice: expected here.
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
@@ -82,11 +123,13 @@ def check_with_onnxruntime(path, model: ReferenceUNet):
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint from `unet-fast train` or `demo`")
     parser.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--opset", type=int, default=17,
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default %(default)s)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
 
 def run(args) -> int:
+    check_opset(args.opset)
     ckpt = checkpoint.read(args.checkpoint)
     model = checkpoint.build_model(ckpt, args.checkpoint, model_class=ReferenceUNet).eval()
     try:

@@ -1,7 +1,8 @@
 """Predict segmentation masks with a trained checkpoint; writes mask and overlay PNGs per image.
 
 For each IMAGE, OUT/NAME_mask.png (palette PNG holding the class indices) and
-OUT/NAME_overlay.png (the class colours laid over the image), at the image's own size.
+OUT/NAME_overlay.png (the class colours laid over the image), at the image's own size (as
+displayed: EXIF orientation applied). Files already in OUT are never replaced without --overwrite.
 
   unet-fast predict runs/demo/best.pt a.png b.jpg --out predictions
   unet-fast predict CHECKPOINT huge.tif --tile 512 --overlap 128 --out predictions
@@ -11,15 +12,15 @@ pass. With --overlap of at least 2 * 51 + 8 = 110 pixels (the model's receptive-
 51), the result equals a single pass over the whole image up to float rounding.
 """
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import checkpoint
-from .atomic_write import prepare_output_dir
-from .data import read_image
+from .atomic_write import prepare_output_dir, refuse_to_overwrite
+from .data import read_image, to_8_bit
 from .distributed import resolve_device
 from .errors import CLIError
 from .overlay import save_mask_and_overlay
@@ -43,7 +44,7 @@ def image_tensor(image, in_channels: int = 3) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image, mode)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert(mode))
+        image = np.asarray(to_8_bit(image, "the image").convert(mode))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"a numpy image must be uint8 [H, W, {in_channels}], got dtype {image.dtype}")
@@ -109,17 +110,43 @@ def default_overlap(tile: int) -> int:
     return 128 if tile >= 128 + 2 * ALIGN else tile // 2
 
 
-def check_tiling(tile: int, overlap: int) -> int:
-    """The stride between tiles (a multiple of 8), or CLIError for an unusable --tile/--overlap."""
-    if tile < 2 * ALIGN:
-        raise CLIError(f"--tile must be at least {2 * ALIGN} pixels, got {tile}")
-    if overlap < 0:
-        raise CLIError(f"--overlap must be >= 0, got {overlap}")
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_tiling(tile: int, overlap: int, name: Callable[[str], str] = str) -> int:
+    """The stride between tiles (a multiple of 8), or CLIError for an unusable tile/overlap
+    (`name` spells an argument as the caller's user knows it: `tile`, or `--tile` on the CLI)."""
+    if not _is_integer(tile) or tile < 2 * ALIGN:
+        raise CLIError(f"{name('tile')} must be an integer of at least {2 * ALIGN} pixels, got {tile!r}")
+    if not _is_integer(overlap) or overlap < 0:
+        raise CLIError(f"{name('overlap')} must be an integer >= 0, got {overlap!r}")
     stride = (tile - overlap) // ALIGN * ALIGN
     if stride < ALIGN:
-        raise CLIError(f"--overlap {overlap} leaves tiles of {tile} pixels no room to advance: "
-                       f"it must be at most {tile - ALIGN}")
+        raise CLIError(f"{name('overlap')} {overlap} leaves tiles of {tile} pixels no room to "
+                       f"advance: it must be at most {tile - ALIGN}")
     return stride
+
+
+def check_options(tile: Optional[int], overlap: Optional[int], batch_size: int, amp: Optional[str],
+                  name: Callable[[str], str] = str) -> None:
+    """CLIError naming the argument for any prediction setting that cannot be used as given.
+
+    Checked before any image is read, so `predict(model, x, tile=0)` is an error rather than a
+    silent single pass, and `amp="bf17"` an error rather than full precision."""
+    if tile is not None:
+        check_tiling(tile, default_overlap(tile) if overlap is None else overlap, name)
+    elif overlap is not None:
+        raise CLIError(f"{name('overlap')} is the overlap between tiles: it needs {name('tile')}")
+    if not _is_integer(batch_size) or batch_size < 1:
+        raise CLIError(f"{name('batch_size')} must be an integer >= 1, got {batch_size!r}")
+    if amp is not None and amp not in AMP_DTYPES:
+        raise CLIError(f"{name('amp')} must be None, 'bf16' or 'fp16', got {amp!r}")
+
+
+def option_flag(name: str) -> str:
+    """`batch_size` -> `--batch-size`: how the command line spells an argument in errors."""
+    return "--" + name.replace("_", "-")
 
 
 def tiled_logits(model, image: torch.Tensor, tile: int, overlap: Optional[int] = None,
@@ -155,8 +182,9 @@ def tiled_logits(model, image: torch.Tensor, tile: int, overlap: Optional[int] =
 def predict_logits(model, image, *, tile: Optional[int] = None, overlap: Optional[int] = None,
                    batch_size: int = 4, amp: Optional[str] = None) -> torch.Tensor:
     """float32 logits [K, H, W] on the CPU for one image (any form `predict` accepts)."""
+    check_options(tile, overlap, batch_size, amp)
     x = image_tensor(image, model.in_channels)
-    if tile:
+    if tile is not None:
         return tiled_logits(model, x, tile, overlap, batch_size, amp)
     return _forward(model, x[None], amp)[0].cpu()
 
@@ -171,6 +199,9 @@ def predict(model, image, *, tile: Optional[int] = None, overlap: Optional[int] 
     NxN windows (`overlap` pixels, `batch_size` windows at a time) and blends them, for images
     too large for one pass (overlap defaults to 128, or tile // 2 for tiles under 144; from
     2 * 51 + 8 = 110 up the result equals a single pass); amp="bf16" or "fp16" runs under autocast.
+    A path is read as `unet-fast predict` reads it (EXIF orientation applied, 16-bit and float
+    images scaled to 8 bits); a PIL image is taken as it is, scaled the same way. An unusable
+    tile, overlap, batch_size or amp raises unet_fast.errors.CLIError naming the argument.
     """
     was_training = model.training
     model.eval()
@@ -213,19 +244,35 @@ def add_arguments(parser) -> None:
                         help="images (or tiles) per forward pass (default %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None, help="mixed precision")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="overlay opacity, 0 to 1 (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace NAME_mask.png / NAME_overlay.png files already in --out")
 
 
-def _output_names(paths: Sequence[str]) -> List[str]:
-    names, seen = [], {}
-    for p in paths:
+def _output_paths(out: str, images: Sequence[str]) -> List[Tuple[str, str]]:
+    """(OUT/NAME_mask.png, OUT/NAME_overlay.png) for each input; CLIError if two inputs share a
+    NAME, or if an output would replace one of the inputs (which --overwrite does not allow)."""
+    paths, seen = [], {}
+    inputs = {os.path.realpath(p) for p in images}
+    for p in images:
         stem = os.path.splitext(os.path.basename(p))[0]
         if stem in seen:
             raise CLIError(f"inputs {seen[stem]} and {p} would both write {stem}_mask.png; "
                            "rename one or predict them into separate folders")
         seen[stem] = p
-        names.append(stem)
-    return names
+        pair = (os.path.join(out, f"{stem}_mask.png"), os.path.join(out, f"{stem}_overlay.png"))
+        for written in pair:
+            if os.path.realpath(written) in inputs:
+                raise CLIError(f"the output {written} would replace an input image; "
+                               "predict into another --out folder")
+        paths.append(pair)
+    return paths
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 <= alpha <= 1:  # NaN fails too
+        raise CLIError(f"--alpha is the overlay's opacity and must be in [0, 1], got {alpha}")
 
 
 def run(args) -> int:
@@ -236,14 +283,15 @@ def run(args) -> int:
     if model.in_channels not in (1, 3):
         raise CLIError(f"checkpoint {args.checkpoint} expects {model.in_channels}-channel images; "
                        "predict reads RGB or grayscale files")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.tile:
-        if args.overlap is None:
-            args.overlap = default_overlap(args.tile)
-        check_tiling(args.tile, args.overlap)
+    check_options(args.tile, args.overlap, args.batch_size, args.amp, name=option_flag)
+    if args.tile is not None and args.overlap is None:
+        args.overlap = default_overlap(args.tile)
+    _check_alpha(args.alpha)
     device = resolve_device(args.device)
-    names = _output_names(args.images)
+    outputs = _output_paths(args.out, args.images)
+    if not args.overwrite:
+        # e.g. --out DATA/masks would replace the ground truth, named like the loader's NAME_mask.png
+        refuse_to_overwrite([p for pair in outputs for p in pair], "pass --overwrite to replace it")
     mode = "RGB" if model.in_channels == 3 else "L"
     for path in args.images:
         read_image(path, mode)  # decodes fully: a corrupt file stops us before any output
@@ -251,9 +299,7 @@ def run(args) -> int:
     model.to(device).eval()
 
     def write(i, image, mask):
-        stem = names[i]
-        mask_path = os.path.join(args.out, f"{stem}_mask.png")
-        overlay_path = os.path.join(args.out, f"{stem}_overlay.png")
+        mask_path, overlay_path = outputs[i]
         save_mask_and_overlay(mask_path, overlay_path, np.asarray(image.convert("RGB")), mask,
                               class_names, args.alpha)
         counts = np.bincount(mask.reshape(-1), minlength=len(class_names)) / max(1, mask.size)
@@ -261,7 +307,7 @@ def run(args) -> int:
         print(f"{args.images[i]} ({image.width}x{image.height}): {shares} -> {mask_path}, {overlay_path}",
               flush=True)
 
-    if args.tile:
+    if args.tile is not None:
         for i, path in enumerate(args.images):
             image = read_image(path, mode)
             write(i, image, predict(model, image, tile=args.tile, overlap=args.overlap,

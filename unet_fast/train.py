@@ -2,7 +2,8 @@
 
 Loss: cross-entropy + Dice. After every epoch: Dice and IoU per class on the validation split,
 one log line, OUT/last.pt (everything needed to resume), OUT/best.pt (best mean Dice),
-OUT/metrics.json and OUT/curves.png. All files are written atomically.
+OUT/metrics.json and OUT/curves.png. All files are written atomically; an OUT that holds an
+earlier run is refused unless --resume continues it or --overwrite replaces it.
 
   unet-fast train --epochs 10 --out runs/shapes                  # built-in synthetic shapes
   unet-fast train --data DIR --num-classes 2 --image-size 256 --out runs/cars
@@ -21,10 +22,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from . import checkpoint, distributed
-from .atomic_write import atomic_write_text, prepare_output_dir
+from .atomic_write import atomic_write_text, prepare_output_dir, refuse_to_overwrite
 from .data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
                    split_indices, to_model_input)
-from .errors import CLIError
+from .errors import CLIError, Interrupted
 from .metrics import confusion_matrix, format_scores, scores, segmentation_loss
 from .model import UNet
 from .plots import plot_curves
@@ -34,6 +35,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # them can no longer match an unbroken run, so resuming with a different value is reported.
 _RESUME_MUST_MATCH = ("data", "samples", "batch_size", "lr", "weight_decay", "val_split",
                       "image_size", "crop", "flip", "seed", "amp")
+RUN_FILES = {"last": "last.pt", "best": "best.pt", "metrics": "metrics.json", "curves": "curves.png"}
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TrainOptions:
     device: Optional[str] = None
     out: str = "runs/train"
     resume: Optional[str] = None     # a checkpoint path, or "last" for OUT/last.pt
+    overwrite: bool = False          # replace an earlier run's files in `out` (else CLIError)
     seed: int = 0
     workers: int = 0
     progress: Optional[bool] = None  # tqdm bars; None: only when stderr is a terminal
@@ -111,8 +114,11 @@ def _check_options(opts: TrainOptions) -> None:
     for name in ("epochs", "batch_size", "base_channels", "samples", "num_classes"):
         if getattr(opts, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
-    if not opts.lr > 0:
-        raise CLIError(f"--lr must be positive, got {opts.lr}")
+    # Each must be a finite number: --lr inf trains to NaN weights, and NaN passes no `<` test.
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise CLIError(f"--lr must be a positive finite number, got {opts.lr}")
+    if not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
+        raise CLIError(f"--weight-decay must be a finite number >= 0, got {opts.weight_decay}")
     if opts.amp not in (None, *AMP_DTYPES):
         raise CLIError(f"--amp must be bf16 or fp16, got {opts.amp!r}")
     if opts.workers < 0:
@@ -208,13 +214,104 @@ def _warn_changed_options(opts, train_state: dict, world_size: int, log) -> None
 
 
 def fit(opts: TrainOptions) -> dict:
-    """Train as `opts` says; returns the history, the best scores, the paths and the model."""
+    """Train as `opts` says; returns the history, the best scores, the paths and the model.
+
+    Bad options or data raise CLIError before anything is written; so does an --out folder that
+    holds another run, unless opts.overwrite. Ctrl-C raises Interrupted (a KeyboardInterrupt)
+    saying where to resume; a non-finite loss or weights stop training with CLIError, keeping
+    the last good checkpoint.
+    """
     _check_options(opts)
     ctx = distributed.setup(opts.device)
     try:
         return _fit(opts, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+def run_paths(out: str) -> dict:
+    """The files a run writes into its --out folder."""
+    return {key: os.path.join(out, name) for key, name in RUN_FILES.items()}
+
+
+def _resume_path(opts: TrainOptions) -> Optional[str]:
+    if not opts.resume:
+        return None
+    return run_paths(opts.out)["last"] if opts.resume == "last" else opts.resume
+
+
+def _check_no_other_run(opts: TrainOptions) -> None:
+    """CLIError naming a file of an earlier run in --out that this run would replace, unless
+    --overwrite, or --resume continues that very run (its checkpoint is in --out)."""
+    resume = _resume_path(opts)
+    if opts.overwrite or (resume and os.path.realpath(os.path.dirname(os.path.abspath(resume)))
+                          == os.path.realpath(opts.out)):
+        return
+    refuse_to_overwrite(run_paths(opts.out).values(),
+                        "--out holds an earlier run: pass --resume to continue it or --overwrite "
+                        "to replace it, or choose another --out")
+
+
+def _on_main_rank(ctx: distributed.Context, check: Callable[[], None]) -> None:
+    """Run a check of the output folder on rank 0 (the rank that writes) and raise its CLIError
+    on every rank, so that no rank is left waiting for the others."""
+    problem = None
+    if ctx.is_main:
+        try:
+            check()
+        except CLIError as e:
+            problem = str(e)
+    distributed.agree_on_error(ctx, problem)
+
+
+def _first_non_finite(model: torch.nn.Module) -> Optional[str]:
+    """The name of the first parameter holding NaN or Inf, or None."""
+    return next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+
+
+def _last_good(last_path: str, saved_epoch: int) -> str:
+    """Where the run can go on from, for the messages that stop it (saved_epoch: the epoch this
+    run's last.pt holds, 0 if it has none: a last.pt of a replaced run does not count)."""
+    if saved_epoch:
+        return f"{last_path} keeps epoch {saved_epoch}, the last good one"
+    return "no checkpoint was saved yet"
+
+
+def _train_epoch(net, loader, optimizer, scaler, opts, ctx, epoch: int, step: int, total_steps: int,
+                 last_good: str, progress) -> Tuple[float, int, int, float]:
+    """One pass over the training data: (sum of losses x batch size, sample count, step, last lr).
+
+    A NaN or Inf loss (on any rank) stops it with CLIError before that step's update is applied,
+    so the weights in memory and on disk stay those of the last good step and epoch."""
+    loss_sum, count, lr = 0.0, 0, opts.lr
+    bar = _bar(loader, progress, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch")
+    try:
+        for batch, (images, masks) in enumerate(bar):
+            x, y = _batch(opts, ctx, images, masks)
+            lr = learning_rate(step, total_steps, opts.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(opts, ctx):
+                logits = net(x)
+            loss = segmentation_loss(logits, y)
+            value = loss.item()
+            if distributed.any_rank(ctx, not math.isfinite(value)):
+                what = (f"the loss is {value}" if not math.isfinite(value)
+                        else "another process's loss is not finite")
+                raise CLIError(f"training diverged at epoch {epoch + 1}, step {step + 1} (batch {batch + 1} "
+                               f"of {len(loader)}): {what}, so training stopped before applying it; "
+                               f"{last_good}; try a lower --lr (now {opts.lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum += value * len(y)
+            count += len(y)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    finally:
+        bar.close()
+    return loss_sum, count, step, lr
 
 
 def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
@@ -224,6 +321,7 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
         torch.backends.cudnn.benchmark = True
 
     # Everything that can fail on the user's input is checked before the output folder is touched.
+    _on_main_rank(ctx, lambda: _check_no_other_run(opts))
     dataset = build_dataset(opts, progress)
     class_names = dataset.class_names
     num_classes = len(class_names)
@@ -242,9 +340,8 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
     config = checkpoint.model_config(model, class_names)
 
     start_epoch, step, history, best = 0, 0, [], None
-    resume_path = None
-    if opts.resume:
-        resume_path = os.path.join(opts.out, "last.pt") if opts.resume == "last" else opts.resume
+    resume_path = _resume_path(opts)
+    if resume_path:
         ckpt = checkpoint.read(resume_path)  # CPU; load_state_dict moves it
         checkpoint.check_config(ckpt, config, resume_path)
         if "train" not in ckpt:
@@ -257,14 +354,8 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
         history, best = list(ckpt["history"]), ckpt.get("best")
         _warn_changed_options(opts, ckpt["train"], ctx.world_size, log)
 
-    problem = None
-    if ctx.is_main:
-        try:
-            prepare_output_dir(opts.out)
-        except CLIError as e:
-            problem = str(e)
-    distributed.agree_on_error(ctx, problem)
-    if opts.resume:
+    _on_main_rank(ctx, lambda: prepare_output_dir(opts.out))
+    if resume_path:
         checkpoint.set_rng_state(ckpt["train"]["rng"])
         log(f"resuming {resume_path} after epoch {start_epoch} (step {step})")
 
@@ -274,78 +365,90 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
             model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
     total_steps = opts.epochs * len(train_loader)
-    paths = {"last": os.path.join(opts.out, "last.pt"), "best": os.path.join(opts.out, "best.pt"),
-             "metrics": os.path.join(opts.out, "metrics.json"), "curves": os.path.join(opts.out, "curves.png")}
+    paths = run_paths(opts.out)
     if start_epoch == 0:
         where = f"{ctx.world_size} processes, " if ctx.distributed else ""
         log(f"training UNet(base_channels={opts.base_channels}, up_relu={opts.up_relu}) for "
             f"{opts.epochs} epochs on {len(train_idx)} images, validating on {len(val_idx)} "
             f"({where}{ctx.device}{', amp ' + opts.amp if opts.amp else ''}); classes: {', '.join(class_names)}")
 
-    for epoch in range(start_epoch, opts.epochs):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        net.train()
-        loss_sum, count = 0.0, 0
-        bar = _bar(train_loader, progress, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch")
-        for images, masks in bar:
-            x, y = _batch(opts, ctx, images, masks)
-            lr = learning_rate(step, total_steps, opts.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with _autocast(opts, ctx):
-                logits = net(x)
-            loss = segmentation_loss(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.item() * len(y)
-            count += len(y)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        bar.close()
+    epoch = start_epoch
+    # The epoch this run's OUT/last.pt holds, for the messages that stop the run (0: none yet).
+    resumed_here = bool(resume_path) and os.path.realpath(resume_path) == os.path.realpath(paths["last"])
+    saved_epoch = start_epoch if resumed_here else 0
+    try:
+        for epoch in range(start_epoch, opts.epochs):
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            net.train()
+            loss_sum, count, step, lr = _train_epoch(net, train_loader, optimizer, scaler, opts, ctx,
+                                                     epoch, step, total_steps,
+                                                     _last_good(paths["last"], saved_epoch), progress)
 
-        val_loss_sum, val_count, confusion = evaluate(model, val_loader, opts, ctx, num_classes, progress)
-        sums = distributed.all_reduce_sum(ctx, torch.tensor([loss_sum, count, val_loss_sum, val_count],
-                                                            dtype=torch.float64))
-        confusion = distributed.all_reduce_sum(ctx, confusion)
-        record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                  "train_loss": (sums[0] / sums[1]).item(), "seconds": time.perf_counter() - t0}
-        if sums[3] > 0:
-            record["val_loss"] = (sums[2] / sums[3]).item()
-            record.update(scores(confusion, class_names))
-        history.append(record)
-        # Without a validation split the latest epoch counts as the best.
-        improved = ("mean_dice" not in record or best is None or best.get("mean_dice") is None
-                    or not record["mean_dice"] <= best["mean_dice"])
-        if improved:
-            best = {k: record[k] for k in ("epoch", "mean_dice", "mean_iou") if k in record}
-
-        line = f"epoch {epoch + 1}/{opts.epochs}  train loss {record['train_loss']:.4f}"
-        if "val_loss" in record:
-            line += f"  val loss {record['val_loss']:.4f}  " + format_scores(record, class_names)
-        log(line + f"  lr {lr:.2e}  {record['seconds']:.1f}s")
-
-        if ctx.is_main:
-            payload = {"config": config, "model": model.state_dict(), "epoch": epoch + 1,
-                       "history": history, "best": best}
+            val_loss_sum, val_count, confusion = evaluate(model, val_loader, opts, ctx, num_classes,
+                                                          progress)
+            sums = distributed.all_reduce_sum(
+                ctx, torch.tensor([loss_sum, count, val_loss_sum, val_count], dtype=torch.float64))
+            confusion = distributed.all_reduce_sum(ctx, confusion)
+            record = {"epoch": epoch + 1, "step": step, "lr": lr,
+                      "train_loss": (sums[0] / sums[1]).item(), "seconds": time.perf_counter() - t0}
+            if sums[3] > 0:
+                record["val_loss"] = (sums[2] / sums[3]).item()
+                record.update(scores(confusion, class_names))
+            history.append(record)
+            # Without a validation split the latest epoch counts as the best.
+            improved = ("mean_dice" not in record or best is None or best.get("mean_dice") is None
+                        or not record["mean_dice"] <= best["mean_dice"])
             if improved:
-                checkpoint.save(paths["best"], payload)
-            payload["train"] = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                "step": step, "rng": checkpoint.rng_state(), "args": opts.record(),
-                                "world_size": ctx.world_size}
-            checkpoint.save(paths["last"], payload)
-            metrics = {"config": config, "options": opts.record(), "epochs": history, "best": best}
-            atomic_write_text(paths["metrics"], json.dumps(_json_safe(metrics), indent=2) + "\n")
-            plot_curves(history, class_names, paths["curves"])
+                best = {k: record[k] for k in ("epoch", "mean_dice", "mean_iou") if k in record}
+
+            line = f"epoch {epoch + 1}/{opts.epochs}  train loss {record['train_loss']:.4f}"
+            if "val_loss" in record:
+                line += f"  val loss {record['val_loss']:.4f}  " + format_scores(record, class_names)
+            log(line + f"  lr {lr:.2e}  {record['seconds']:.1f}s")
+
+            # The ranks' weights are equal (DDP), so they all take this decision alike.
+            broken = _first_non_finite(model)
+            if broken:
+                raise CLIError(f"training diverged in epoch {epoch + 1}: weight {broken} is not finite, "
+                               f"so this epoch was not saved; {_last_good(paths['last'], saved_epoch)}; "
+                               f"try a lower --lr (now {opts.lr:g})")
+            if ctx.is_main:
+                _save_checkpoints(paths, model, optimizer, scaler, opts, ctx, config, epoch, step,
+                                  history, best, improved)
+            saved_epoch = epoch + 1  # before the slow plot: an interrupt there can resume this epoch
+            if ctx.is_main:
+                _save_records(paths, config, opts, history, best, class_names)
+    except KeyboardInterrupt:
+        resume = "resume with --resume" if saved_epoch else "no checkpoint was saved yet"
+        raise Interrupted(f"interrupted at epoch {epoch + 1}; {resume}", epoch=epoch + 1) from None
 
     if start_epoch >= opts.epochs:
         log(f"{resume_path} already trained for {start_epoch} epochs (--epochs {opts.epochs}): nothing to do")
     return {"history": history, "best": best, "paths": paths, "model": model, "class_names": class_names,
             "dataset": dataset, "val_indices": val_idx, "context": ctx,
             "epochs_run": max(0, opts.epochs - start_epoch)}
+
+
+def _save_checkpoints(paths, model, optimizer, scaler, opts, ctx, config, epoch, step, history, best,
+                      improved) -> None:
+    """best.pt (if the epoch improved), then last.pt, each atomically."""
+    payload = {"config": config, "model": model.state_dict(), "epoch": epoch + 1,
+               "history": history, "best": best}
+    if improved:
+        checkpoint.save(paths["best"], payload)
+    payload["train"] = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                        "step": step, "rng": checkpoint.rng_state(), "args": opts.record(),
+                        "world_size": ctx.world_size}
+    checkpoint.save(paths["last"], payload)
+
+
+def _save_records(paths, config, opts, history, best, class_names) -> None:
+    """metrics.json and curves.png, each atomically."""
+    metrics = {"config": config, "options": opts.record(), "epochs": history, "best": best}
+    atomic_write_text(paths["metrics"], json.dumps(_json_safe(metrics), indent=2) + "\n")
+    plot_curves(history, class_names, paths["curves"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,6 +495,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
     g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default OUT/last.pt) exactly where it stopped")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints, metrics and curves)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bars (default: when stderr is a terminal)")
 
@@ -407,7 +512,7 @@ def options_from_args(args) -> TrainOptions:
         val_split=args.val_split, image_size=args.image_size, crop=args.crop, flip=args.flip,
         base_channels=args.base_channels, up_relu=args.up_relu, amp=args.amp,
         channels_last=args.channels_last, device=args.device, out=args.out, resume=args.resume,
-        seed=args.seed, workers=args.workers, progress=args.progress,
+        overwrite=args.overwrite, seed=args.seed, workers=args.workers, progress=args.progress,
         log=lambda s: print(s, flush=True))
 
 
