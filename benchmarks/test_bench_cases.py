@@ -12,6 +12,7 @@ import torch
 from unet_fast.bench import cases as C
 from unet_fast.bench import runner
 from unet_fast.bench.environment import device_name
+from unet_fast.reference import TOLERANCES
 
 
 def test_bench(benchmark, bench_job, device):
@@ -27,6 +28,13 @@ def test_bench(benchmark, bench_job, device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    # A fast wrong answer is no result: the row's forward output (first input set) must be as
+    # close to the float64 reference as the tests require of its dtype, in relative norm.
+    rtol = TOLERANCES[C.DTYPES[dtype]][0]
+    assert bench.rel_err is not None, "the row measured no error"
+    assert bench.rel_err <= rtol, (
+        f"{provider} on {case.label} {dtype} {layout} {mode}: relative error {bench.rel_err:.2e} "
+        f"against the float64 reference, over {dtype}'s tolerance {rtol:.0e}")
     call()  # compile / autotune before pytest-benchmark's calibration
     nbytes = case.nbytes(mode, C.DTYPES[dtype])
     benchmark.group = f"{case.label} {dtype} {layout} {mode}"

@@ -1,19 +1,16 @@
 """Shared by the tests: device, tolerances per dtype, random inputs, a comparison that explains."""
+import os
+
 import pytest
 import torch
 
+from unet_fast.reference import TOLERANCES
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# (rtol, atol) against a float64 reference computed from the same (rounded) inputs. Outputs are
-# rounded once to the dtype after float32 accumulation, so the rounding of the result dominates:
-# about one ulp of the dtype, more for sums over many pixels (atol is scaled by the largest
-# reference magnitude in `assert_close_to_reference`).
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
+# (rtol, atol) per dtype against a float64 reference: defined beside the reference, where the
+# benchmarks read it too (atol is scaled by the largest reference magnitude in
+# `assert_close_to_reference`).
 DTYPES = list(TOLERANCES)
 
 # Which implementation of the op a test runs: the Triton kernels (compiled on a GPU, interpreted
@@ -26,9 +23,22 @@ def select_path(monkeypatch, path: str) -> None:
         monkeypatch.setenv("UNET_FAST_DISABLE_TRITON", "1")
     else:
         monkeypatch.delenv("UNET_FAST_DISABLE_TRITON", raising=False)
-        from unet_fast import uses_triton
-        if not uses_triton(torch.empty(0, device=DEVICE)):
-            pytest.skip("Triton kernels unavailable here (no GPU and TRITON_INTERPRET unset)")
+        require_triton()
+
+
+def require_triton() -> None:
+    """Fail (never skip) a test of the Triton kernels where they can run neither compiled (a CUDA
+    device for torch) nor interpreted (TRITON_INTERPRET=1, which conftest.py sets without one):
+    a skipped kernel test would let a run pass without testing the kernels at all."""
+    from unet_fast import up_concat_op, uses_triton
+    if uses_triton(torch.empty(0, device=DEVICE)):
+        return
+    if up_concat_op._triton_common is None:
+        pytest.fail("unet_fast.up_concat_op could not import the Triton kernels (Triton missing, or "
+                    "an ImportError in kernels/), so every call takes the PyTorch path", pytrace=False)
+    pytest.fail("the Triton kernels cannot run here: torch sees no CUDA device and TRITON_INTERPRET="
+                f"{os.environ.get('TRITON_INTERPRET')!r} (leave it unset: tests/conftest.py then "
+                "turns the interpreter on)", pytrace=False)
 
 
 def randn(*shape, dtype=torch.float32, memory_format=torch.contiguous_format):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unet_fast import up_concat
+from unet_fast import torch_path, up_concat
 from unet_fast.up_concat_op import _up_concat_backward
 from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
                      spy_on_triton_launches)
@@ -10,15 +10,29 @@ from test_up_concat import LAYOUTS, SHAPES, layout_inputs, make_inputs, referenc
 
 
 def grads_against_reference(args, relu, dtype, what=""):
-    """Run the op and the float64 reference backward with one random grad_output; compare all."""
+    """Run the op and the float64 reference backward with one random grad_output; compare all.
+
+    Returns (conv, skip): how many outputs of the convolution channels and of the skip channels
+    the ReLU clipped while their grad_output was kept, i.e. where the comparison checks that the
+    op's ReLU mask zeroes the gradient as the reference's does."""
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in args]
     ref_out = reference_out(*ref_leaves, relu)
     grad_out = randn(*ref_out.shape, dtype=dtype)
+    clipped = (0, 0)
     if relu:
-        # An output within rounding of 0 may land on either side of the ReLU in the op and in the
+        # A value within rounding of 0 may land on either side of the ReLU in the op and in the
         # float64 reference; its gradient is ill-defined, so it gets no gradient to compare.
-        near_kink = ref_out.detach().abs() < 1e-4 * max(1.0, ref_out.detach().abs().max().item())
+        # Decided from the values BEFORE the ReLU: after it every clipped value reads 0, looks
+        # "near the kink" and would lose its gradient, so the mask would never be compared.
+        with torch.no_grad():
+            pre = reference_out(*ref_leaves, False)
+        finite = pre[torch.isfinite(pre)].abs()
+        scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
+        near_kink = pre.abs() < 1e-4 * scale
         grad_out = grad_out.masked_fill(near_kink, 0)
+        kept_and_clipped = (pre < 0) & ~near_kink  # NaN is neither: it passes its gradient
+        cout = args[2].shape[1]
+        clipped = (int(kept_and_clipped[:, :cout].sum()), int(kept_and_clipped[:, cout:].sum()))
     ref_out.backward(grad_out.double())
     leaves = [t.detach().requires_grad_() if t is not None else None for t in args]
     up_concat(*leaves, relu=relu).backward(grad_out)
@@ -27,6 +41,7 @@ def grads_against_reference(args, relu, dtype, what=""):
             continue
         assert got.grad.dtype == dtype
         assert_close_to_reference(got.grad, ref.grad, dtype, f"{name}{what}")
+    return clipped
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -43,14 +58,18 @@ def test_backward_matches_reference(monkeypatch, path, shape, dtype, relu):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_backward_layouts(monkeypatch, path, layout, dtype):
     select_path(monkeypatch, path)
-    grads_against_reference(layout_inputs(layout, dtype), True, dtype, f" ({layout})")
+    conv, skip = grads_against_reference(layout_inputs(layout, dtype), True, dtype, f" ({layout})")
+    # Hundreds of clipped outputs in each part carry a gradient: the ReLU mask is compared.
+    assert conv > 100 and skip > 100, (conv, skip)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_backward_without_bias_and_many_pixels(monkeypatch, path):
     """No bias; enough pixels that the weight gradient is split over several programs."""
     select_path(monkeypatch, path)
-    grads_against_reference(make_inputs(3, 6, 5, 4, 9, 11, torch.float32, bias=False), True, torch.float32)
+    conv, skip = grads_against_reference(make_inputs(3, 6, 5, 4, 9, 11, torch.float32, bias=False),
+                                         True, torch.float32)
+    assert conv > 100 and skip > 100, (conv, skip)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -118,3 +137,42 @@ def test_triton_backward_runs_its_two_kernels(monkeypatch):
     launches = spy_on_triton_launches(monkeypatch, bwd_module, "up_concat_backward")
     grads_against_reference(make_inputs(1, 3, 4, 5, 2, 3, torch.float32), True, torch.float32)
     assert sorted(launches) == ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"]
+
+
+def _drop_relu_mask(monkeypatch, path, part):
+    """Plant the bug the backward tests exist to catch: the backward ignores the ReLU mask of
+    `part` ("conv": gy, the convolution channels' gradient; "skip"; "both")."""
+    if path == "torch":
+        real = torch_path._masked_into
+
+        def masked_into(dst, grad, out):
+            # The PyTorch path masks gy through a 6-D taps view, dskip as a 4-D tensor.
+            drop = part == "both" or (part == "conv") == (grad.dim() == 6)
+            real(dst, grad, None if drop else out)
+        monkeypatch.setattr(torch_path, "_masked_into", masked_into)
+    else:
+        from unet_fast.kernels import common
+        from unet_fast.kernels import up_concat_backward as bwd_module
+        if not common.interpreting():
+            # A compiled kernel keeps the callee it was compiled with; only the interpreter
+            # looks masked_grad up at every call.
+            pytest.skip("masked_grad can be swapped only under Triton's interpreter")
+        real = bwd_module.masked_grad
+        monkeypatch.setattr(bwd_module, "masked_grad",
+                            lambda g_ptrs, o_ptrs, mask, RELU, UPCAST: real(g_ptrs, o_ptrs, mask, False, UPCAST))
+
+
+# (path, which mask is dropped, the gradient that must report it first)
+DROPPED_MASKS = [("torch", "conv", "dx"), ("torch", "skip", "dskip"), ("triton", "both", "dx")]
+
+
+@pytest.mark.parametrize("path,part,first_failure", DROPPED_MASKS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_comparison_catches_a_dropped_relu_mask(monkeypatch, path, part, first_failure, layout):
+    """The comparison above must fail when the backward forgets the ReLU mask, in every layout
+    and path (it once decided which outputs to ignore after the ReLU, so every clipped output
+    lost its gradient and a backward without the mask passed)."""
+    select_path(monkeypatch, path)
+    _drop_relu_mask(monkeypatch, path, part)
+    with pytest.raises(AssertionError, match=rf"^{first_failure} \({layout}\): \d+ of"):
+        grads_against_reference(layout_inputs(layout, torch.float32), True, torch.float32, f" ({layout})")

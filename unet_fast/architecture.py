@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_image_batch
+from .validation import check_image_batch, check_input_dtype
 
 # Three 2x2 poolings: H and W must be multiples of 2**3 for the skips to line up.
 SIZE_MULTIPLE = 8
@@ -68,14 +68,17 @@ class UNetLayers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch("x", x, self.in_channels)
+        check_input_dtype("x", x, self.enc1[0].weight.dtype, type(self).__name__,
+                          autocast=torch.is_autocast_enabled(x.device.type))
         height, width = x.shape[-2:]
-        # Zero padding on the bottom and right: the convolutions already see zeros past the
-        # border, the pooling grid stays anchored at the top-left corner, and it works for
-        # any size down to 1x1 (reflect padding needs the pad to be smaller than the image).
-        pad_h = -height % SIZE_MULTIPLE
-        pad_w = -width % SIZE_MULTIPLE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # Zero padding on the bottom and right to a multiple of 8: the convolutions already see
+        # zeros past the border, the pooling grid stays anchored at the top-left corner, and it
+        # works for any size down to 1x1 (reflect padding needs the pad to be smaller than the
+        # image). Padded and cropped at every size, by 0 at multiples of 8 (a copy of the
+        # few-channel input, negligible next to the first convolution), so that a trace recorded
+        # at one size (torch.jit.trace of ReferenceUNet, the TorchScript ONNX exporter) holds the
+        # pad and the crop computed from the input's size, and stays right at every other size.
+        x = F.pad(x, (0, -width % SIZE_MULTIPLE, 0, -height % SIZE_MULTIPLE))
         x1 = self.enc1(x)
         x2 = self.enc2(self.pool(x1))
         x3 = self.enc3(self.pool(x2))
@@ -83,7 +86,4 @@ class UNetLayers(nn.Module):
         y = self.dec1(self.up_step(self.upconv3, x4, x3))
         y = self.dec2(self.up_step(self.upconv2, y, x2))
         y = self.dec3(self.up_step(self.upconv1, y, x1))
-        y = self.out(y)
-        if pad_h or pad_w:
-            y = y[..., :height, :width]
-        return y
+        return self.out(y)[..., :height, :width]

@@ -14,6 +14,19 @@ class UNet(UNetLayers):
     exactly. Any H, W: the input is zero-padded to a multiple of 8 and the output cropped back.
     """
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            # The tracer does not stop at the fused op: it records the op's internals, buffers
+            # sized for the example input (and, on the Triton path, no kernel at all), so the
+            # trace would silently give wrong results at other sizes.
+            raise RuntimeError(
+                "UNet cannot be traced with torch.jit.trace or the TorchScript ONNX exporter "
+                "(torch.onnx.export(dynamo=False)): the trace would hold its fused op's buffers "
+                "at the example's size. Use torch.compile, or torch.export with dynamic shapes; "
+                "for TorchScript or ONNX, load the state_dict into unet_fast.ReferenceUNet and "
+                "trace that (`unet-fast export CHECKPOINT --onnx FILE` does this for ONNX).")
+        return super().forward(x)
+
     def up_step(self, upconv: nn.ConvTranspose2d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         weight, bias = upconv.weight, upconv.bias
         if weight.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):

@@ -23,6 +23,21 @@ def check_image_batch(name: str, x, channels: int) -> None:
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(x.shape)}")
 
 
+# The input dtypes torch.autocast casts for the convolutions (it never casts float64).
+AUTOCAST_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_input_dtype(name: str, x: torch.Tensor, param_dtype: torch.dtype, model: str,
+                      autocast: bool) -> None:
+    """A model input must have the parameters' dtype, unless autocast will cast it; checked
+    before anything runs, instead of the first convolution's raw dtype error."""
+    if x.dtype == param_dtype or (autocast and x.dtype in AUTOCAST_INPUT_DTYPES):
+        return
+    raise TypeError(f"{name} is {x.dtype} but {model}'s parameters are {param_dtype}; they must "
+                    f"match outside torch.autocast (which casts float32 and 16-bit inputs, never "
+                    f"float64): pass {name}.to({param_dtype}) or convert the model with .to({x.dtype})")
+
+
 def check_up_concat_args(x, skip, weight, bias, relu) -> None:
     """Validate `up_concat`'s arguments; raise TypeError/ValueError naming the argument."""
     for name, value in (("x", x), ("skip", skip), ("weight", weight)):
