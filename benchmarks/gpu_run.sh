@@ -1,94 +1,155 @@
 #!/usr/bin/env bash
-# The one script a session with a GPU runs, so scarce GPU time goes to measuring, not setting up.
+# The one command a GPU session runs, once, first: about 8 minutes of measuring on a warm H100.
 #
-# The device tool gives at most 10 minutes per command and 30 minutes per session, and starts a
-# fresh copy of the working tree per command, so the work is split into stages, each well under
-# 10 minutes, each writing its own JSON (benchmarks/render_results.py merges them per device).
-# Call them in this order, one command each, and stop when the budget runs out; the first three
-# are what matters most:
+#   bash benchmarks/gpu_run.sh             on the GPU machine (device tool: carry .triton-cache)
+#   bash benchmarks/gpu_run.sh --dry-run   here, before: builds .triton-cache, prints the plan
 #
-#   bash benchmarks/gpu_run.sh test          # install, nvidia-smi, unet-fast check, compiled test suite
-#   bash benchmarks/gpu_run.sh steps         # decoder steps, fused vs eager, all dtypes/layouts/modes
-#   bash benchmarks/gpu_run.sh model         # whole UNet, fused vs eager, all dtypes/layouts, infer+train
-#   bash benchmarks/gpu_run.sh compiled      # torch.compile(reference) on the steps, bf16 channels_last + fp32
-#   bash benchmarks/gpu_run.sh model-compiled  # compiled UNet / ReferenceUNet, bf16 channels_last (slow compiles)
-#   bash benchmarks/gpu_run.sh pytest-bench  # pytest benchmarks/ --benchmark-disable (they still run)
+# Parts, in order of value; each writes its files into $OUT (the folder the device tool hands
+# back) the moment it ends, so a run cut short still returns what it finished, and a part that
+# cannot finish inside the budget (GPU_RUN_BUDGET_S, default 480 s) is not started:
+#   1 env       versions, nvidia-smi, unet-fast check
+#   2 tests     pytest -m gpu: compiled correctness (tests/test_gpu.py, torch.compile of UNet)
+#   3 steps     decoder steps, batch 8, bf16 channels_last fwd/bwd/fwd+bwd, fused vs eager vs
+#               torch.compile; fp32 contiguous forward
+#   4 model     UNet 512x512 batch 8 bf16 channels_last, inference and a training step, fused
+#               vs the eager reference, peak memory
+#   5 compiled  the same UNet under torch.compile (ReferenceUNet and UNet), if time is left
+# Files back (the device tool returns 8 at most): gpu_run.log (everything printed), summary.json
+# (parts, seconds, kernels compiled on the GPU), steps.json, model.json, model-compiled.json.
+# Here, afterwards: copy the JSON into benchmarks/results/ (keep the names the script prints) and
+# run `python benchmarks/render_results.py`.
 #
-# Each stage copies its JSON, plot and log into $OUT when the device tool sets it (that folder comes
-# back to the calling machine); copy them into benchmarks/results/ there and run
-# `python benchmarks/render_results.py` to refresh benchmarks/RESULTS.md. Nothing here is run on
-# the CPU: without a GPU the script stops at once.
-set -euo pipefail
+# The GPU machines run Python 3.12 and Triton 3.6.0 and reach no registry. Compiling our kernels
+# there would cost minutes of the window, so --dry-run compiles them here into .triton-cache
+# (git-ignored) with that Python and that Triton, for exactly the launches the run makes
+# (unet_fast/gpu_plan.py); the run reports how many of our kernels it still had to compile.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-stage="${1:-steps}"
+REPO=$PWD
+BUDGET_S=${GPU_RUN_BUDGET_S:-480}
+GPU_TRITON=3.6.0
+GPU_PYTHON=3.12
+# name  estimated seconds (warm H100, kernels from the cache)  what
+PARTS=(
+    "env      40  versions, nvidia-smi, unet-fast check"
+    "tests    120 pytest -m gpu: compiled correctness, torch.compile of UNet, offsets past 2**31, a training step"
+    "steps    200 24 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows"
+    "model    60  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
+    "compiled 150 UNet 512x512 b8 bf16 channels_last under torch.compile (ReferenceUNet, UNet)"
+)
 
+dry_run() {
+    echo "gpu_run.sh --dry-run: the GPU run's parts (budget ${BUDGET_S} s of run time on a warm GPU;"
+    echo "estimates from the row counts: ~1 s per benchmark row, ~15 s per torch.compile, ~3 s per test):"
+    local total=0
+    for p in "${PARTS[@]}"; do
+        read -r name est what <<<"$p"
+        if [ $((total + est)) -le "$BUDGET_S" ]; then
+            total=$((total + est))
+            printf '  %-9s ~%4s s  (done by ~%4s s)  %s\n' "$name" "$est" "$total" "$what"
+        else
+            printf '  %-9s ~%4s s  (only if the parts above end early)  %s\n' "$name" "$est" "$what"
+        fi
+    done
+    echo "  planned: ~${total} s of the ${BUDGET_S} s budget"
+    # The Triton cache for the GPU machines: record the launches with Triton $GPU_TRITON and torch,
+    # then compile them with Python $GPU_PYTHON and Triton $GPU_TRITON alone.
+    # .venv-triton36 is the venv .ci/run makes for its Triton 3.6.0 checks (same recipe).
+    local rec=.venv-triton36 cc=.venv-gpu-cache py
+    py=$(command -v "python$GPU_PYTHON" || ls -d "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python 2>/dev/null | tail -n 1)
+    if [ -z "$py" ]; then echo "gpu_run.sh: no python$GPU_PYTHON here to build the GPU's cache with" >&2; return 2; fi
+    if [ ! -x "$rec/bin/python" ]; then
+        python3 -m venv "$rec" && "$rec/bin/pip" install -q torch==2.13.0 "triton==$GPU_TRITON" "numpy<2.4" \
+            pillow matplotlib tqdm pytest && "$rec/bin/pip" install -q --no-deps --no-build-isolation -e . || return 2
+    fi
+    if [ ! -x "$cc/bin/python" ]; then
+        "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
+    fi
+    local plan=.triton-cache.plan.json
+    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu_plan record "$plan" --arch sm_90 || return 2
+    rm -rf .triton-cache
+    env -u TRITON_INTERPRET "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache || return 2
+    echo "kernels in .triton-cache: $(count_our_kernels) ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"
+}
+
+count_our_kernels() {  # compiled up_concat kernels in the cache
+    find "$REPO/.triton-cache" -name 'up_concat_*.cubin' 2>/dev/null | wc -l
+}
+
+if [ "${1:-}" = "--dry-run" ]; then dry_run; exit $?; fi
+if [ $# -gt 0 ]; then echo "usage: bash benchmarks/gpu_run.sh [--dry-run]" >&2; exit 2; fi
 if ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "gpu_run.sh: no GPU here (nvidia-smi -L failed); nothing to do" >&2
+    echo "gpu_run.sh: no GPU here (nvidia-smi -L failed); on a CPU machine run --dry-run" >&2
     exit 1
 fi
 
-# FACTS.md: the device machines have torch, triton and setuptools but reach no registry; an
-# editable install without dependencies is what makes unet_fast.kernels importable.
-if ! python -c "import unet_fast.kernels" >/dev/null 2>&1; then
-    pip install --no-deps --no-build-isolation -e . >/dev/null
+OUT=${OUT:-$REPO/benchmarks/results/gpu-run-$(date -u +%Y%m%d-%H%M%S)}  # the device tool sets OUT
+mkdir -p "$OUT"
+LOG=$OUT/gpu_run.log
+export TRITON_CACHE_DIR=$REPO/.triton-cache PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+START=$(date +%s)
+CARRIED=$(count_our_kernels)
+SUMMARY=()
+say() { echo "$*" | tee -a "$LOG"; }
+
+# The device machines have torch, triton and setuptools but reach no registry.
+if ! python3 -c "import unet_fast.kernels" >/dev/null 2>&1; then
+    pip install --no-deps --no-build-isolation -e . >>"$LOG" 2>&1
 fi
+say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s, $CARRIED of our kernels carried in .triton-cache"
 
-gpu=$(python -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())")
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-stem="benchmarks/results/${gpu}-$(date -u +%Y%m%d)-${commit}"
-mkdir -p benchmarks/results
-
-keep() {  # copy results to $OUT so they survive the device machine
-    if [ -n "${OUT:-}" ]; then cp "$@" "$OUT"/ 2>/dev/null || true; fi
+part() {  # part NAME EST_SECONDS COMMAND...: run unless it cannot end inside the budget
+    local name=$1 est=$2 elapsed rc before
+    shift 2
+    elapsed=$(( $(date +%s) - START ))
+    if [ $((elapsed + est)) -gt "$BUDGET_S" ]; then
+        say "== $name: skipped (at ${elapsed} s, ~${est} s more would pass the ${BUDGET_S} s budget)"
+        SUMMARY+=("{\"part\": \"$name\", \"status\": \"skipped\", \"at_s\": $elapsed}")
+        write_summary
+        return
+    fi
+    before=$(count_our_kernels)
+    say "== $name (at ${elapsed} s, estimated ${est} s)"
+    # A part past the budget (plus a grace of 30 s) is stopped; the functions below run in bash -c.
+    timeout $((BUDGET_S - elapsed + 30)) bash -c '"$@"' part "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    local took=$(( $(date +%s) - START - elapsed )) compiled=$(( $(count_our_kernels) - before ))
+    say "== $name: exit $rc in ${took} s; our kernels compiled on the GPU: $compiled"
+    SUMMARY+=("{\"part\": \"$name\", \"status\": \"exit $rc\", \"seconds\": $took, \"kernels_compiled_here\": $compiled}")
+    write_summary
 }
 
-bench() {  # bench <stage-name> <unet-fast bench options...>
-    local name="$1" rc=0; shift
-    unet-fast bench --no-progress --json "${stem}-${name}.json" --plot "${stem}-${name}.png" "$@" \
-        2>&1 | tee "${stem}-${name}.log" || rc=$?
-    # kept even when rows failed (rc 1): the failed rows carry their error in the JSON
-    keep "${stem}-${name}.json" "${stem}-${name}.png" "${stem}-${name}.log"
-    if [ "$rc" -ne 0 ]; then echo "gpu_run.sh: bench $name exited $rc (see the rows' notes)" >&2; fi
+write_summary() {
+    local IFS=,
+    printf '{"carried_kernels": %s, "budget_s": %s, "parts": [%s]}\n' "$CARRIED" "$BUDGET_S" "${SUMMARY[*]}" >"$OUT/summary.json"
 }
 
-case "$stage" in
-    test)
-        nvidia-smi
-        python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-        unet-fast check
-        # tests/conftest.py leaves TRITON_INTERPRET unset on a GPU: this is the compiled suite.
-        rc=0
-        python -m pytest tests/ -x -q 2>&1 | tee "${stem}-tests.log" || rc=$?
-        keep "${stem}-tests.log"
-        exit $rc
-        ;;
-    quick)
-        bench quick --quick
-        ;;
-    steps)
-        bench steps --case up3,up2,up1 --provider fused,eager
-        ;;
-    model)
-        bench model --case unet --provider fused,eager
-        ;;
-    compiled)
-        bench compiled-bf16 --case up3,up2,up1 --provider compiled --dtype bfloat16 --layout channels_last
-        bench compiled-fp32 --case up3,up2,up1 --provider compiled --dtype float32 --layout contiguous --mode full
-        ;;
-    model-compiled)
-        bench model-compiled --case unet --provider compiled,fused-compiled --dtype bfloat16 --layout channels_last
-        ;;
-    pytest-bench)
-        rc=0
-        python -m pytest benchmarks/ --benchmark-disable -q 2>&1 | tee "${stem}-pytest-bench.log" || rc=$?
-        keep "${stem}-pytest-bench.log"
-        exit $rc
-        ;;
-    all)  # only where there is no per-command limit
-        for s in test steps model compiled model-compiled pytest-bench; do bash "$0" "$s" || true; done
-        ;;
-    *)
-        echo "gpu_run.sh: unknown stage '$stage' (test, quick, steps, model, compiled, model-compiled, pytest-bench, all)" >&2
-        exit 2
-        ;;
-esac
+env_part() {
+    python3 -c "import sys, torch, triton, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+    nvidia-smi
+    unet-fast check
+}
+
+bench() {  # bench NAME [unet-fast bench options]: JSON straight into $OUT
+    local name=$1
+    shift
+    unet-fast bench --no-progress --json "$OUT/$name.json" "$@"
+}
+
+steps_part() {
+    bench steps --case up3,up2,up1 --dtype bfloat16 --layout channels_last --mode forward,backward,full \
+        --provider fused,eager,compiled --compile-mode default
+    bench steps-fp32 --case up3,up2,up1 --dtype float32 --layout contiguous --mode forward \
+        --provider fused,eager,compiled --compile-mode default
+}
+
+export OUT
+export -f env_part bench steps_part
+part env 40 env_part
+part tests 120 python3 -m pytest tests -m gpu -q -p no:cacheprovider
+part steps 200 steps_part
+part model 60 bench model --case unet --dtype bfloat16 --layout channels_last --provider fused,eager
+part compiled 150 bench model-compiled --case unet --dtype bfloat16 --layout channels_last \
+    --provider compiled,fused-compiled --compile-mode default
+say "gpu_run.sh: done at $(( $(date +%s) - START )) s; files in $OUT"

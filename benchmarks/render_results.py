@@ -34,14 +34,44 @@ WATERFALL = (("eager fp32", "eager", "eager", "float32", "contiguous"),
              ("+ fused kernel", "fused", "fused-compiled", "bfloat16", "channels_last"))
 
 
+STATIC = "static analysis"
+
+
 def load():
+    """Every results file with rows: `unet-fast bench --json` runs, and `unet-fast kernels --json`
+    static reports (meta.kind says so). Other JSON (gpu_run.sh's summary.json) is not a table."""
     docs = []
     for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
         with open(path) as f:
             doc = json.load(f)
+        if "rows" not in doc:
+            continue
         doc["file"] = os.path.relpath(path, HERE)
         docs.append(doc)
     return docs
+
+
+def static_section(doc) -> list:
+    """One line per arch, kernel, dtype and layout of a `unet-fast kernels` report: the configs
+    the autotuner may launch and the worst of them."""
+    meta = doc["meta"]
+    md = [f"From `{doc['file']}`: {meta['kind']}. Triton {meta['triton']}, commit {meta['commit']}, "
+          f"{meta['date']}; spill bound {meta['max_spill']} bytes; problems: {len(meta['problems'])}.", "",
+          "| arch | kernel | dtype | layout | configs | max registers | max spill stores (B) | "
+          "max shared / limit (B) | tensor cores | cp.async | widest ld / st (B) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in doc["rows"]:
+        if r["case"] == "up3":  # the steps compile alike (same specializations); see the JSON
+            groups.setdefault((r["arch"], r["kernel"], r["dtype"], r["layout"]), []).append(r)
+    for (arch, kernel, dtype, layout), rows in groups.items():
+        ok = [r for r in rows if not r["error"]]
+        worst = lambda k: max((r[k] or 0) for r in ok) if ok else "-"
+        md.append(f"| {arch} | {kernel} | {dtype} | {layout} | {len(rows)} | {worst('registers')} | "
+                  f"{worst('spill_stores')} | {worst('shared')} / {rows[0]['shared_limit']} | "
+                  f"{'/'.join(sorted({r['tensor_cores'] for r in ok}))} | {worst('cp_async')} | "
+                  f"{worst('widest_load')} / {worst('widest_store')} |")
+    return md
 
 
 def _key(r):
@@ -185,7 +215,8 @@ def cpu_target(doc, target=1.5):
 
 
 def render(docs) -> str:
-    docs = merge(docs)
+    static = [d for d in docs if d["meta"].get("kind", "").startswith(STATIC)]
+    docs = merge([d for d in docs if d not in static])
     gpu = [d for d in docs if d["meta"]["device"] == "cuda"]
     cpu = [d for d in docs if d["meta"]["device"] == "cpu"]
     md = ["# unet_fast benchmark results", "",
@@ -209,6 +240,14 @@ def render(docs) -> str:
             md += ["### Every row", ""] + pivot(doc) + [""]
             md += [f"![speedup over eager]({f['file'][:-5]}.png)" for f in doc["files"]
                    if os.path.exists(os.path.join(HERE, f["file"][:-5] + ".png"))] + [""]
+    md += ["## Static analysis: the kernels compiled for the GPU on a CPU (not run, not timed)", "",
+           "Written by `unet-fast kernels --json` (README: The GPU path without a GPU). Registers "
+           "and spills from `ptxas -v`, shared memory from the compiled kernel; no number here is a "
+           "speed.", ""]
+    for doc in static:
+        md += static_section(doc) + [""]
+    if not static:
+        md += ["No static report recorded.", ""]
     md += ["## CPU", "",
            "The fused op on the CPU is its PyTorch path (unet_fast/torch_path.py), not Triton. "
            "Wall-clock timings on a shared machine: read the speedups, not the last digit.", ""]

@@ -1,9 +1,27 @@
-"""What the up_concat kernels share: interpreter detection, per-dtype math settings, the tile product."""
-import os
+"""What the up_concat kernels share: interpreter detection, the tile product, the tile configs.
 
-import torch
+No torch import here or in the kernel modules (up_concat_forward.py, up_concat_backward.py): a
+Python with Triton alone can import them and compile the kernels for a GPU that is not there
+(benchmarks/build_triton_cache.py builds the GPU machines' Triton cache that way).
+"""
+import os
+import re
+
 import triton
 import triton.language as tl
+
+# Triton versions the kernels are checked on: 3.6 (the GPU machines) to 3.9 (CI's newest).
+OLDEST_TRITON = (3, 6)
+
+
+def _major_minor(version: str) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+
+
+if _major_minor(triton.__version__) < OLDEST_TRITON:
+    # up_concat_op catches this and runs the PyTorch path, saying why.
+    raise ImportError(f"unet_fast's Triton kernels need Triton >= {'.'.join(map(str, OLDEST_TRITON))}, "
+                      f"found {triton.__version__}")
 
 
 def interpreting() -> bool:
@@ -14,23 +32,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def math_settings(dtype: torch.dtype) -> dict:
-    """Constexprs that pick how a tile product runs for `dtype`.
+def interpreter_problem():
+    """Why Triton's CPU interpreter cannot run the kernels here, or None.
 
-    - float64 takes a broadcast multiply-and-sum: tl.dot has no float64 path on every Triton we
-      support, and float64 only serves gradcheck.
-    - Under the interpreter everything 16/32-bit is upcast to float32 first: the interpreter keeps
-      bfloat16 as raw uint16 bits, so a bf16 tl.dot or tl.maximum there is simply wrong.
-    - On the GPU, 16-bit operands go to tl.dot natively; float32 uses TF32 exactly when PyTorch's
-      own convolutions would (torch.backends.cudnn.allow_tf32), so the fused op and
-      nn.ConvTranspose2d agree on precision.
-    """
-    if dtype == torch.float64:
-        return dict(USE_DOT=False, UPCAST=False, ACC_F64=True, INPUT_PRECISION="ieee")
-    if interpreting():
-        return dict(USE_DOT=True, UPCAST=True, ACC_F64=False, INPUT_PRECISION="ieee")
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-    return dict(USE_DOT=True, UPCAST=False, ACC_F64=False, INPUT_PRECISION="tf32" if tf32 else "ieee")
+    Triton 3.6's interpreter fails in every kernel with numpy >= 2.4 ("only 0-dimensional arrays
+    can be converted to Python scalars" at a range() over a runtime bound); 3.9 does not. 3.7 and
+    3.8 were not checked, so they are not refused."""
+    import numpy
+    if _major_minor(triton.__version__) == (3, 6) and _major_minor(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter (TRITON_INTERPRET=1) fails in every kernel with "
+                f"numpy {numpy.__version__}: install 'numpy<2.4' or Triton >= 3.9, or unset TRITON_INTERPRET "
+                "to run the PyTorch path")
+    return None
 
 
 @triton.jit
@@ -44,6 +57,16 @@ def tile_product(a, b, acc, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, INPUT_P
     else:
         acc += tl.sum(a[:, :, None].to(acc.dtype) * b[None, :, :].to(acc.dtype), axis=1)
     return acc
+
+
+@triton.jit
+def as_offset(v, IDX64: tl.constexpr):
+    """v in the integer type element offsets are computed in: int64 when a tensor of the launch
+    spans 2**31 elements or more (the launcher decides), else int32, which halves the registers
+    the offset tensors take and avoids 64-bit division in pixel_coords."""
+    if IDX64:
+        return v.to(tl.int64)
+    return v
 
 
 @triton.jit
@@ -61,40 +84,3 @@ def pixel_coords(offs_m, H, W):
     row = rem // W
     col = rem - row * W
     return img, row, col
-
-
-
-# Tiles the GPU chooses among, per (CIN, COUT, CS) and dtype (Triton's autotuner adds the dtypes
-# to the key). Four fp32 accumulators of BLOCK_M x BLOCK_N must fit in registers, so the large
-# tiles come with 8 warps. All sides are >= 16 (tl.dot's minimum for 16-bit types).
-GPU_TILE_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
-    for bm, bn, bk, warps, stages in [
-        (128, 64, 32, 8, 3),
-        (128, 32, 64, 4, 3),
-        (64, 64, 64, 4, 3),
-        (64, 128, 32, 8, 3),
-        (128, 128, 32, 8, 2),
-        (256, 32, 32, 8, 3),
-        (64, 32, 32, 4, 4),
-        (32, 64, 64, 4, 3),
-    ]
-]
-
-
-def autotuned(kernel):
-    """The kernel behind Triton's autotuner, for GPU launches of 16/32-bit tensors."""
-    return triton.autotune(configs=GPU_TILE_CONFIGS, key=["CIN", "COUT", "CS"])(kernel)
-
-
-def fixed_tiles(dtype: torch.dtype):
-    """Tiles for launches that are not autotuned, or None for an autotuned launch.
-
-    float64 (gradcheck only) takes small tiles: its broadcast product holds BLOCK_M*BLOCK_K*BLOCK_N
-    values. The interpreter takes the GPU's smallest legal tiles, so CPU tests run shapes the GPU
-    also compiles, without timing eight configurations program by program."""
-    if dtype == torch.float64:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
-    if interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
-    return None

@@ -8,12 +8,11 @@ unshuffled to [M, 4*Cout] (see up_concat_forward.py for the index math):
   dbias  = sum of gy           in fp32, summed on the host (deterministic, no atomics)
 The mask is read from the saved output (so no separate mask tensor is kept).
 """
-import torch
 import triton
 import triton.language as tl
 
-from .layout import new_buffer, output_memory_format
-from .common import autotuned, fixed_tiles, math_settings, pixel_coords, tile_product
+from .common import as_offset, pixel_coords, tile_product
+from .configs import autotuned
 
 
 @triton.jit
@@ -43,9 +42,9 @@ def up_concat_backward_input_kernel(
     sdsn, sdsc, sdsh, sdsw,
     RELU: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
+    pid_m = as_offset(tl.program_id(0), IDX64)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -63,8 +62,8 @@ def up_concat_backward_input_kernel(
             offs_o = k0 + tl.arange(0, BLOCK_K)
             mask_o = offs_o < COUT
             mask = mask_m[:, None] & mask_o[None, :]
-            g_ptrs = g_ptr + g_pix[:, None] + offs_o[None, :].to(tl.int64) * sgc
-            o_ptrs = o_ptr + o_pix[:, None] + offs_o[None, :].to(tl.int64) * soc
+            g_ptrs = g_ptr + g_pix[:, None] + as_offset(offs_o[None, :], IDX64) * sgc
+            o_ptrs = o_ptr + o_pix[:, None] + as_offset(offs_o[None, :], IDX64) * soc
             wt_ptrs = w_ptr + offs_o[:, None] * swo + offs_c[None, :] * swc
             wt_mask = mask_o[:, None] & mask_c[None, :]
             for tap in tl.static_range(4):
@@ -74,16 +73,16 @@ def up_concat_backward_input_kernel(
                 wt = tl.load(wt_ptrs + a * swa + b * swb, mask=wt_mask, other=0.0)
                 acc = tile_product(gy, wt, acc, USE_DOT, UPCAST, INPUT_PRECISION)
         dx_ptrs = (dx_ptr + (img * sdxn + row * sdxh + col * sdxw)[:, None]
-                   + offs_c[None, :].to(tl.int64) * sdxc)
+                   + as_offset(offs_c[None, :], IDX64) * sdxc)
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
     else:
         offs_s = (pid_n - n_dx_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = mask_m[:, None] & (offs_s < CS)[None, :]
-        chan = (COUT + offs_s)[None, :].to(tl.int64)
+        chan = as_offset((COUT + offs_s)[None, :], IDX64)
         g_ptrs = g_ptr + g_pix[:, None] + chan * sgc
         o_ptrs = o_ptr + o_pix[:, None] + chan * soc
         ds_ptrs = (dskip_ptr + (img * sdsn + (2 * row) * sdsh + (2 * col) * sdsw)[:, None]
-                   + offs_s[None, :].to(tl.int64) * sdsc)
+                   + as_offset(offs_s[None, :], IDX64) * sdsc)
         for tap in tl.static_range(4):
             a = tap // 2
             b = tap % 2
@@ -100,13 +99,13 @@ def up_concat_backward_weight_kernel(
     sxn, sxc, sxh, sxw,
     RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (c tile, o tile, split s) writes dw_part[s, c, o, tap] and, from the first c tile,
     db_part[s, o]: partial sums over pixels [s*PIX_PER_SPLIT, (s+1)*PIX_PER_SPLIT)."""
     pid_c = tl.program_id(0)
     pid_o = tl.program_id(1)
-    pid_s = tl.program_id(2).to(tl.int64)
+    pid_s = as_offset(tl.program_id(2), IDX64)
     offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < CIN
@@ -118,9 +117,9 @@ def up_concat_backward_weight_kernel(
     acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
     bias_acc = tl.zeros((BLOCK_N,), dtype=acc_dtype)
     start = pid_s * PIX_PER_SPLIT
-    x_chan = offs_c[:, None].to(tl.int64) * sxc
-    g_chan = offs_o[None, :].to(tl.int64) * sgc
-    o_chan = offs_o[None, :].to(tl.int64) * soc
+    x_chan = as_offset(offs_c[:, None], IDX64) * sxc
+    g_chan = as_offset(offs_o[None, :], IDX64) * sgc
+    o_chan = as_offset(offs_o[None, :], IDX64) * soc
     for k0 in range(0, PIX_PER_SPLIT, BLOCK_K):
         offs_p = start + k0 + tl.arange(0, BLOCK_K)
         mask_p = offs_p < M
@@ -155,65 +154,4 @@ def up_concat_backward_weight_kernel(
             tl.store(db_ptr + pid_s * COUT + offs_o, bias_acc, mask=mask_o)
 
 
-up_concat_backward_input_kernel_autotuned = autotuned(up_concat_backward_input_kernel)
-
-# The weight kernel's grid depends on BLOCK_K through the split of pixels, so it is not autotuned.
-WEIGHT_KERNEL_GPU_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)
-
-
-def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device) -> int:
-    """How many pixel ranges dW is split into: enough programs to fill the device (twice its SMs),
-    never a range smaller than one block. The interpreter takes 2 so tests cover the reduction."""
-    if device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 2
-    return max(1, min(triton.cdiv(m, block_k), triton.cdiv(target, tiles)))
-
-
-def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                       relu: bool, has_bias: bool):
-    """Gradients (dx, dskip, dweight, dbias) of up_concat given its output `out` (read for the
-    ReLU mask only when relu). dbias is zeros of [Cout] when has_bias is False."""
-    n, cin, h, w = x.shape
-    cout = weight.shape[1]
-    cs = out.shape[1] - cout
-    fmt = output_memory_format(x)
-    dx = new_buffer(x.shape, x, memory_format=fmt)
-    dskip = new_buffer((n, cs, 2 * h, 2 * w), x, memory_format=fmt)
-    m = n * h * w
-    if m == 0:
-        return dx, dskip, torch.zeros_like(weight), weight.new_zeros(cout)
-    math = math_settings(x.dtype)
-    tiles = fixed_tiles(x.dtype)
-
-    def input_grid(meta):
-        # Column tiles: Cin channels of dx, then Cs channels of dskip.
-        block_n = meta["BLOCK_N"]
-        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cin, block_n) + triton.cdiv(cs, block_n)
-
-    kernel = up_concat_backward_input_kernel if tiles else up_concat_backward_input_kernel_autotuned
-    kernel[input_grid](
-        grad, out, weight, dx, dskip,
-        m, h, w, cin, cout, cs,
-        *grad.stride(), *out.stride(), *weight.stride(), *dx.stride(), *dskip.stride(),
-        RELU=relu, **math, **(tiles or {}),
-    )
-
-    tiles = tiles or WEIGHT_KERNEL_GPU_TILES
-    block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
-    splits = weight_grad_splits(m, triton.cdiv(cin, block_m) * triton.cdiv(cout, block_n), block_k, x.device)
-    pix_per_split = triton.cdiv(triton.cdiv(m, block_k), splits) * block_k
-    splits = triton.cdiv(m, pix_per_split)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dw_part = new_buffer((splits, cin, cout, 4), x, dtype=acc_dtype)
-    db_part = new_buffer((splits, cout), x, dtype=acc_dtype)
-    up_concat_backward_weight_kernel[(triton.cdiv(cin, block_m), triton.cdiv(cout, block_n), splits)](
-        grad, out, x, dw_part, db_part,
-        m, h, w, cin, cout, pix_per_split,
-        *grad.stride(), *out.stride(), *x.stride(),
-        RELU=relu, HAS_BIAS=has_bias, **math, **tiles,
-    )
-    dweight = dw_part.sum(0).view(cin, cout, 2, 2).to(weight.dtype)
-    dbias = db_part.sum(0).to(weight.dtype) if has_bias else weight.new_zeros(cout)
-    return dx, dskip, dweight, dbias
+up_concat_backward_input_kernel_autotuned = autotuned(up_concat_backward_input_kernel, "backward_input", "g_ptr")

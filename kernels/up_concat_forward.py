@@ -10,14 +10,13 @@ a [BLOCK_M pixels, BLOCK_N channels] tile for all four taps from one load of its
 past Cout copies skip channels of the same 2x2 output pixels. So x and skip are read once, every
 output element is written once, and neither the convolution result nor the concatenation ever
 exists as a tensor of its own. All strides are passed, so any layout works; pixel and channel
-offsets are int64 so tensors past 2**31 elements index correctly.
+offsets are int64 when a tensor spans 2**31 elements or more (IDX64), int32 otherwise.
 """
-import torch
 import triton
 import triton.language as tl
 
-from .layout import new_buffer, output_memory_format
-from .common import autotuned, fixed_tiles, math_settings, pixel_coords, relu_keep_nan, tile_product
+from .common import as_offset, pixel_coords, relu_keep_nan, tile_product
+from .configs import autotuned
 
 
 @triton.jit
@@ -30,9 +29,9 @@ def up_concat_forward_kernel(
     son, soc, soh, sow,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
+    pid_m = as_offset(tl.program_id(0), IDX64)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -54,7 +53,7 @@ def up_concat_forward_kernel(
         for k0 in range(0, CIN, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < CIN
-            x_tile = tl.load(x_ptr + x_pix[:, None] + offs_k[None, :].to(tl.int64) * sxc,
+            x_tile = tl.load(x_ptr + x_pix[:, None] + as_offset(offs_k[None, :], IDX64) * sxc,
                              mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             w_ptrs = w_ptr + offs_k[:, None] * swc + offs_o[None, :] * swo
             w_mask = mask_k[:, None] & mask_o[None, :]
@@ -77,7 +76,7 @@ def up_concat_forward_kernel(
             acc01 = relu_keep_nan(acc01)
             acc10 = relu_keep_nan(acc10)
             acc11 = relu_keep_nan(acc11)
-        out_ptrs = out_ptr + out_pix[:, None] + offs_o[None, :].to(tl.int64) * soc
+        out_ptrs = out_ptr + out_pix[:, None] + as_offset(offs_o[None, :], IDX64) * soc
         out_mask = mask_m[:, None] & mask_o[None, :]
         tl.store(out_ptrs, acc00.to(out_dtype), mask=out_mask)
         tl.store(out_ptrs + sow, acc01.to(out_dtype), mask=out_mask)
@@ -87,8 +86,8 @@ def up_concat_forward_kernel(
         offs_s = (pid_n - n_conv_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = mask_m[:, None] & (offs_s < CS)[None, :]
         skip_ptrs = (skip_ptr + (img * ssn + (2 * row) * ssh + (2 * col) * ssw)[:, None]
-                     + offs_s[None, :].to(tl.int64) * ssc)
-        out_ptrs = out_ptr + out_pix[:, None] + (COUT + offs_s)[None, :].to(tl.int64) * soc
+                     + as_offset(offs_s[None, :], IDX64) * ssc)
+        out_ptrs = out_ptr + out_pix[:, None] + as_offset((COUT + offs_s)[None, :], IDX64) * soc
         for tap in tl.static_range(4):
             a = tap // 2
             b = tap % 2
@@ -100,35 +99,4 @@ def up_concat_forward_kernel(
             tl.store(out_ptrs + a * soh + b * sow, v.to(out_dtype), mask=mask)
 
 
-up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel)
-
-
-def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
-                      bias, relu: bool, out=None) -> torch.Tensor:
-    """Launch the fused forward. Arguments must already be validated (unet_fast.validation).
-
-    `out`, if given, is the [N, Cout + Cs, 2H, 2W] buffer to write, with any strides."""
-    n, cin, h, w = x.shape
-    cout = weight.shape[1]
-    cs = skip.shape[1]
-    if out is None:
-        out = new_buffer((n, cout + cs, 2 * h, 2 * w), x, memory_format=output_memory_format(x))
-    m = n * h * w
-    if m == 0:
-        return out
-    tiles = fixed_tiles(x.dtype)
-    kernel = up_concat_forward_kernel if tiles else up_concat_forward_kernel_autotuned
-
-    def grid(meta):
-        # Column tiles: Cout channels of the convolution, then Cs channels of skip.
-        block_n = meta["BLOCK_N"]
-        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, block_n) + triton.cdiv(cs, block_n)
-
-    kernel[grid](
-        x, skip, weight, bias if bias is not None else weight, out,
-        m, h, w, cin, cout, cs,
-        *x.stride(), *skip.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
-        *out.stride(),
-        HAS_BIAS=bias is not None, RELU=relu, **math_settings(x.dtype), **(tiles or {}),
-    )
-    return out
+up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr")

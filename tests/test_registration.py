@@ -28,6 +28,7 @@ def test_opcheck_up_concat_backward(monkeypatch, path):
     torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, None, x, weight, False))
 
 
+@pytest.mark.gpu  # run by benchmarks/gpu_run.sh too: torch.compile of UNet, compiled kernels
 @pytest.mark.parametrize("path", PATHS)
 def test_compiled_unet_fullgraph_forward_and_backward(monkeypatch, path):
     select_path(monkeypatch, path)
@@ -45,3 +46,22 @@ def test_compiled_unet_fullgraph_forward_and_backward(monkeypatch, path):
     params64 = dict(ref.named_parameters())
     for name, p in model.named_parameters():
         assert_close_to_reference(p.grad, params64[name].grad, torch.float32, f"compiled grad of {name}")
+
+
+def test_triton_36_interpreter_with_numpy_24_is_refused_clearly(monkeypatch):
+    """Triton 3.6's interpreter fails in every kernel with numpy >= 2.4: say so, naming the fix."""
+    import numpy
+    import triton
+    from unet_fast.kernels import common
+    from unet_fast.up_concat_op import uses_triton
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.1")
+    monkeypatch.setattr(common, "interpreting", lambda: True)
+    with pytest.raises(RuntimeError, match=r"numpy<2.4"):
+        uses_triton(torch.empty(0))
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
+    assert common.interpreter_problem() is None
+    monkeypatch.setattr(triton, "__version__", "3.9.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.1")
+    assert common.interpreter_problem() is None

@@ -117,24 +117,65 @@ def test_triton_path_runs_the_triton_kernel(monkeypatch):
     assert_close_to_reference(out, reference_out(*args, True), torch.float32, "out")
 
 
-def test_offsets_past_2_31_elements():
-    """Tensors whose elements lie past 2**31 from their base: every pixel, channel and image offset
-    is computed in int64. The buffers are reserved, not touched, so this costs little memory."""
-    from unet_fast.kernels.up_concat_forward import up_concat_forward
+@pytest.mark.gpu  # on a GPU a wrapped int32 offset is an illegal memory access, not a wrong value
+def test_offsets_past_2_31_elements(monkeypatch):
+    """Views whose images lie up to 2**31 elements past their start, forward and backward: every
+    image, pixel and channel offset must be computed in int64.
 
-    if not unet_fast.uses_triton(torch.empty(0, device=DEVICE)):
-        pytest.skip("Triton kernels unavailable here")
-    big = 2**31 + 1024
-    n, cin, cout, cs, h, w = 2, 3, 2, 2, 2, 2
-    x_store = torch.empty(big, dtype=torch.float16, device=DEVICE)
-    out_store = torch.empty(big, dtype=torch.float16, device=DEVICE)
-    # Image 1 of x and of out starts 2**31 elements after image 0.
-    x = x_store.as_strided((n, cin, h, w), (2**31, h * w, w, 1))
-    x.copy_(torch.randn(n, cin, h, w, device=DEVICE, dtype=torch.float16))
-    out = out_store.as_strided((n, cout + cs, 2 * h, 2 * w), (2**31, 4 * h * w, 2 * w, 1))
+    Three images with an image stride of 2**30: Triton passes an integer below 2**31 as int32, so
+    image 2's offset 2 * 2**30 = 2**31 overflows unless the image index itself is int64. (With a
+    stride of 2**31, which arrives as int64, an int32 pixel index would pass unnoticed.) Each view
+    starts 2**31 elements into one float16 storage, so an offset that wraps to -2**31 still
+    lands inside it: the bug gives wrong values and a clean failure, not a crash. The storage is
+    reserved but, beyond each image's few elements, never touched, so this costs little memory."""
+    from unet_fast.kernels.up_concat_launch import up_concat_forward  # it takes out=
+
+    select_path(monkeypatch, "triton")
+    n, cin, cout, cs, h, w = 3, 3, 2, 2, 2, 2
+    stride, start = 2**30, 2**31
+    x_len, out_len = cin * h * w, (cout + cs) * 4 * h * w
+    store = torch.empty(start + (n - 1) * stride + x_len + 2 * out_len, dtype=torch.float16, device=DEVICE)
+
+    def images(offset, c, hh, ww):  # image k at store[start + offset + k * stride:], dense inside
+        return store.as_strided((n, c, hh, ww), (stride, hh * ww, ww, 1), storage_offset=start + offset)
+
+    x = images(0, cin, h, w)
+    out = images(x_len, cout + cs, 2 * h, 2 * w)
+    grad = images(x_len + out_len, cout + cs, 2 * h, 2 * w)
+    x.copy_(randn(n, cin, h, w, dtype=torch.float16))
     out.fill_(float("nan"))
     skip = randn(n, cs, 2 * h, 2 * w, dtype=torch.float16)
     weight = randn(cin, cout, 2, 2, dtype=torch.float16)
     bias = randn(cout, dtype=torch.float16)
     up_concat_forward(x, skip, weight, bias, True, out=out)
     assert_close_to_reference(out, reference_out(x, skip, weight, bias, True), torch.float16, "out")
+
+    leaves = [t.double().requires_grad_() for t in (x, skip, weight, bias)]
+    with torch.no_grad():
+        pre = reference_out(*leaves, False)
+    # No gradient where the output is within float16 rounding of the ReLU's kink (ill-defined).
+    grad.copy_(randn(*pre.shape, dtype=torch.float16).masked_fill(pre.abs() < 1e-3 * pre.abs().max(), 0))
+    reference_out(*leaves, True).backward(grad.double())
+    got = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, True)
+    for name, g, leaf in zip(("dx", "dskip", "dweight", "dbias"), got, leaves):
+        assert_close_to_reference(g, leaf.grad, torch.float16, name)
+
+
+def test_this_run_tests_the_triton_kernels(monkeypatch):
+    """conftest.py asks torch whether the kernels can run compiled and otherwise turns Triton's
+    interpreter on, so the kernel tests run them here. (Asked of nvidia-smi, it once left the
+    interpreter off on a machine with an NVIDIA driver and a CPU torch: every kernel test skipped
+    and the run passed.)"""
+    monkeypatch.delenv("UNET_FAST_DISABLE_TRITON", raising=False)
+    assert unet_fast.uses_triton(torch.empty(0, device=DEVICE)), "the Triton kernels would not run"
+
+
+def test_kernel_tests_fail_rather_than_skip_where_the_kernels_cannot_run(monkeypatch):
+    from unet_fast import up_concat_op
+
+    monkeypatch.setattr(up_concat_op, "_triton_common", None)  # as where the kernels fail to import
+    # pytest's skip and fail outcomes are BaseExceptions: catch either, then tell them apart.
+    with pytest.raises(BaseException) as info:
+        select_path(monkeypatch, "triton")
+    assert info.type is pytest.fail.Exception, f"{info.type.__name__}: {info.value}"
+    assert "could not import the Triton kernels" in str(info.value)

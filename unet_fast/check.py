@@ -8,6 +8,10 @@ import torch
 from . import reference
 from .model import UNet
 from .up_concat_op import up_concat, uses_triton
+from .bench.cases import StepCase
+
+# x [2, 24, 9, 13], weight [24, 12, 2, 2], skip [2, 12, 18, 26]: small, odd, quick everywhere.
+CHECK_STEP = StepCase("check", 2, 24, 12, 12, 9, 13)
 
 
 def add_arguments(parser) -> None:
@@ -31,9 +35,10 @@ def run(args) -> int:
         dtypes = [torch.float32, torch.float64]  # keep the interpreter run short
     worst = 0.0
     for dtype in dtypes:
-        x = torch.randn(2, 24, 9, 13, device=device, dtype=dtype, requires_grad=True)
-        skip = torch.randn(2, 12, 18, 26, device=device, dtype=dtype, requires_grad=True)
-        up = torch.nn.ConvTranspose2d(24, 12, 2, 2).to(device, dtype)
+        c = CHECK_STEP
+        x = torch.randn(c.n, c.cin, c.h, c.w, device=device, dtype=dtype, requires_grad=True)
+        skip = torch.randn(c.n, c.cs, 2 * c.h, 2 * c.w, device=device, dtype=dtype, requires_grad=True)
+        up = torch.nn.ConvTranspose2d(c.cin, c.cout, 2, 2).to(device, dtype)
         out = up_concat(x, skip, up.weight, up.bias)
         grad = torch.randn_like(out)
         got = torch.autograd.grad(out, (x, skip, up.weight, up.bias), grad)

@@ -5,14 +5,18 @@ first line of its docstring is its help. Modules are imported only when their su
 except for --help, so `unet-fast predict` does not pay for the benchmark harness.
 """
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from .errors import CLIError
 
 SUBCOMMANDS = {
     "check": "unet_fast.check",
     "bench": "unet_fast.bench.cli",
+    "kernels": "unet_fast.kernel_report",
     "train": "unet_fast.train",
     "predict": "unet_fast.predict",
     "export": "unet_fast.export",
@@ -36,16 +40,39 @@ def _build_parser(only=None) -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM (`kill PID`, a scheduler's time limit, torchrun stopping
+    its workers) interrupts it like Ctrl-C, so temporary files are removed and the user gets
+    one line instead of a silent death that leaves them behind."""
+    if threading.current_thread() is not threading.main_thread():  # handlers live there only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = _build_parser(only=chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     try:
-        return int(args._module.run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._module.run(args) or 0)
     except CLIError as e:
         print(f"unet-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM; an Interrupted says where it stopped
+        print(f"unet-fast {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`unet_fast::up_concat`: the fused decoder step as a torch.library op, with its autograd.
 
 Dispatch, per call:
-- CUDA tensors run the Triton kernels (kernels/up_concat_forward.py, up_concat_backward.py).
+- CUDA tensors run the Triton kernels (kernels/up_concat_forward.py, up_concat_backward.py,
+  launched by kernels/up_concat_launch.py).
 - CPU tensors run the same Triton kernels under Triton's interpreter when TRITON_INTERPRET=1
   (how CI tests the kernels), otherwise the fast PyTorch path (torch_path.py).
 - Anything else, a machine without Triton, or UNET_FAST_DISABLE_TRITON=1 takes the PyTorch path.
@@ -11,6 +12,7 @@ interpreter, so opcheck and torch.compile(fullgraph=True) pass on the CPU as on 
 treats the op as opaque and compiles everything around it.
 """
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -22,10 +24,12 @@ from .validation import check_up_concat_args
 
 try:
     from .kernels import common as _triton_common
-    from .kernels.up_concat_backward import up_concat_backward as _triton_backward
-    from .kernels.up_concat_forward import up_concat_forward as _triton_forward
-except ImportError:  # no Triton on this platform: the PyTorch path serves every device
+    from .kernels.up_concat_launch import up_concat_backward as _triton_backward
+    from .kernels.up_concat_launch import up_concat_forward as _triton_forward
+except ImportError as e:  # no Triton here, or one too old: the PyTorch path serves every device
     _triton_common = None
+    if "Triton >=" in str(e):
+        warnings.warn(f"{e}; up_concat runs its PyTorch path", stacklevel=2)
 
 
 def uses_triton(t: Tensor) -> bool:
@@ -34,7 +38,12 @@ def uses_triton(t: Tensor) -> bool:
         return False
     if t.device.type == "cuda":
         return True
-    return t.device.type == "cpu" and _triton_common.interpreting()
+    if t.device.type != "cpu" or not _triton_common.interpreting():
+        return False
+    problem = _triton_common.interpreter_problem()
+    if problem:  # refuse, rather than fail inside every kernel or quietly run something else
+        raise RuntimeError(f"unet_fast: {problem}")
+    return True
 
 
 @torch.library.custom_op("unet_fast::up_concat", mutates_args=())

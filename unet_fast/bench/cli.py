@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--layout", default="contiguous,channels_last", help="contiguous, channels_last")
     g.add_argument("--mode", help="comma list of forward, backward, full (= forward+backward)")
     g.add_argument("--provider", help="comma list of fused, eager, compiled, fused-compiled, or 'all'")
+    g.add_argument("--compile-mode", default=None, metavar="MODE",
+                   help="torch.compile mode of the compiled providers (default max-autotune-no-cudagraphs; "
+                        "'default' compiles in a fraction of the time, for a GPU run on a budget)")
     g.add_argument("--compile", action="store_true",
                    help="on the CPU, also run the torch.compile providers (slow to compile)")
     s = parser.add_argument_group("sizes")
@@ -169,6 +172,8 @@ def _run(args) -> int:
         if folder and not os.path.isdir(folder):  # say so now, not after an hour of measuring
             raise CLIError(f"{option} {path}: folder {folder} does not exist")
 
+    if args.compile_mode:
+        P.COMPILE_MODE = args.compile_mode
     meta = environment.metadata(device)
     cfg = runner.RunConfig(device=device, n_sets=args.sets, cpu_warmup=args.warmup or 0,
                            cpu_repeats=args.repeats or 1, gpu_rep_ms=args.rep_ms,

@@ -1,0 +1,140 @@
+"""The tiles each kernel may launch with on a GPU, per element size, and the pruning that keeps
+every launchable config inside the device's shared memory.
+
+Why per element size: a tile that fits registers and shared memory in bf16 can overflow both in
+fp32 (FlagGems keeps its configs per dtype too). Each list below was checked with
+`unet-fast kernels --arch sm_90 --arch sm_80` (tests/test_kernel_report.py runs it in CI).
+No torch import: see common.py.
+"""
+import functools
+
+import triton
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and operand class: "16-bit"
+# (bf16, fp16), "tf32" (float32 through TF32 tensor cores, PyTorch's default for convolutions) and
+# "fp32" (float32 in full precision: FMA, no tensor cores, so the smallest tiles). Every tile
+# compiles without a spill, in both layouts, for sm_90 and (where its shared-memory bound fits)
+# sm_80, under Triton 3.6.0 and 3.9.0 (tests/test_kernel_report.py; the register allocation
+# differs between Triton versions by up to 40 bytes of spill for the same tile). The forward keeps four float32 accumulators of
+# BLOCK_M x BLOCK_N (one per tap): past 128 registers of them per thread, the 255-register file
+# spills.
+TILES = {
+    "forward": {
+        "16-bit": [(128, 32, 32, 4, 4), (256, 32, 32, 8, 3), (64, 32, 32, 4, 4)],
+        "tf32": [(128, 64, 32, 8, 3), (256, 32, 32, 8, 3), (128, 32, 32, 8, 4), (64, 32, 32, 4, 4)],
+        "fp32": [(32, 32, 32, 4, 2), (64, 32, 16, 4, 2)],
+    },
+    "backward_input": {
+        "16-bit": [(64, 64, 32, 8, 3)],
+        "tf32": [(32, 32, 32, 4, 3), (64, 32, 32, 8, 2)],
+        "fp32": [(32, 32, 32, 4, 2), (32, 32, 16, 4, 2)],
+    },
+    # Not autotuned: its grid depends on BLOCK_K through the split of pixels. The first tile that
+    # fits the device's shared memory is taken.
+    "backward_weight": {
+        "16-bit": [(32, 64, 32, 8, 3)],
+        "tf32": [(64, 32, 32, 8, 3)],
+        "fp32": [(16, 32, 16, 8, 2)],
+    },
+}
+
+
+# Tiles for Hopper (sm_90) and later only, tried before the lists above: wgmma keeps its
+# accumulators in fewer registers than sm_80's mma.sync, and these spill 4 to 28 bytes on an
+# A100 (16-bit, mostly contiguous) but not on an H100. The forward's wider N re-reads x less.
+HOPPER_TILES = {
+    "forward": {"16-bit": [(64, 64, 32, 8, 4)]},
+    "backward_input": {"16-bit": [(64, 32, 32, 8, 4), (64, 32, 32, 4, 3)]},
+    "backward_weight": {"16-bit": [(64, 64, 32, 8, 3)]},
+}
+
+
+def tiles_for(kernel: str, operands: str, capability: int) -> list:
+    """The tiles a kernel may launch with for `operands` on a GPU of compute capability
+    `capability` (90 for sm_90), before shared-memory pruning."""
+    hopper = HOPPER_TILES.get(kernel, {}).get(operands, []) if capability >= 90 else []
+    return hopper + TILES[kernel][operands]
+
+
+def operand_class(element_size: int, input_precision: str) -> str:
+    """Which TILES list a launch takes: by the operands' size and the dot's precision."""
+    if element_size == 2:
+        return "16-bit"
+    return "tf32" if input_precision == "tf32" else "fp32"
+
+
+# Shared memory a kernel uses, in elements: per pipeline stage, the tiles it loads (forward: the
+# x tile and the four tap tiles of W; backward_input: grad and the saved output for the four taps,
+# and the four tap tiles of W; backward_weight: the x tile, grad and output per tap), and once, its
+# float32 accumulators (4 of BM x BN, one per tap; 1 for backward_input), which the compiler may
+# pass through shared memory to change layout before the stores.
+STAGE_ELEMENTS = {
+    "forward": lambda bm, bn, bk: bm * bk + 4 * bk * bn,
+    "backward_input": lambda bm, bn, bk: 8 * bm * bk + 4 * bk * bn,
+    "backward_weight": lambda bm, bn, bk: bm * bk + 8 * bk * bn,
+}
+ACCUMULATORS = {"forward": 4, "backward_input": 1, "backward_weight": 4}
+
+
+def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
+    """Bytes of shared memory a config can need at most: the stages in flight (all but the one
+    being computed) and the accumulators. An upper bound, checked against what the compiler allots
+    for every config in tests/test_kernel_report.py; it prunes configs on GPUs with less shared
+    memory (an A100 has 166,912 bytes, an RTX 4090 101,376) before anything is compiled."""
+    bm, bn, bk, _warps, stages = tile
+    in_flight = max(1, stages - 1) * STAGE_ELEMENTS[kernel](bm, bn, bk) * element_size
+    return in_flight + ACCUMULATORS[kernel] * bm * bn * 4
+
+
+def device_limits() -> tuple:
+    """(compute capability, shared memory per block) of the device Triton compiles for now."""
+    from triton.runtime import driver
+    return _limits(driver.active, driver.active.get_current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(active_driver, device) -> tuple:
+    arch = active_driver.get_current_target().arch
+    capability = arch if isinstance(arch, int) else 0  # an AMD target names its arch "gfx..."
+    return capability, active_driver.utils.get_device_properties(device)["max_shared_mem"]
+
+
+def tiles_that_fit(kernel: str, operands: str, capability: int, shared_limit: int) -> list:
+    """tiles_for(...) without the tiles whose bound exceeds `shared_limit`; the smallest one if
+    none fits (the launch then reports the real shortfall)."""
+    element_size = 2 if operands == "16-bit" else 4
+    tiles = tiles_for(kernel, operands, capability)
+    fitting = [t for t in tiles if shared_memory_bound(kernel, t, element_size) <= shared_limit]
+    return fitting or [min(tiles, key=lambda t: shared_memory_bound(kernel, t, element_size))]
+
+
+def _config(tile) -> triton.Config:
+    bm, bn, bk, warps, stages = tile
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+def _tile_of(config: triton.Config) -> tuple:
+    kw = config.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages
+
+
+def fixed_tile(kernel: str, operands: str) -> dict:
+    """Launch arguments of a kernel that is not autotuned: its first tile that fits the device."""
+    return dict(_config(tiles_that_fit(kernel, operands, *device_limits())[0]).all_kwargs())
+
+
+def autotuned(kernel_fn, kernel: str, dtype_arg: str):
+    """`kernel_fn` behind Triton's autotuner. Before anything is compiled, the configs are pruned
+    to the tiles TILES[kernel] lists for the operands (the element size of argument `dtype_arg`,
+    and INPUT_PRECISION) that fit the device's shared memory. The autotuner keys on the dtypes and
+    the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key."""
+    every_tile = sorted({t for table in (TILES, HOPPER_TILES) for tiles in table.get(kernel, {}).values()
+                         for t in tiles})
+
+    def prune(configs, named_args, **kwargs):
+        operands = operand_class(named_args[dtype_arg].element_size(), kwargs["INPUT_PRECISION"])
+        allowed = set(tiles_that_fit(kernel, operands, *device_limits()))
+        return [c for c in configs if _tile_of(c) in allowed]
+
+    return triton.autotune(configs=[_config(t) for t in every_tile], key=["CIN", "COUT", "CS", "INPUT_PRECISION"],
+                           prune_configs_by={"early_config_prune": prune})(kernel_fn)

@@ -1,0 +1,80 @@
+"""The compiled-correctness checks of benchmarks/gpu_run.sh (`pytest -m gpu`).
+
+On a GPU: the default UNet's three decoder steps at batch 2 in every dtype and layout, two odd
+shapes, an empty batch and UNet against ReferenceUNet, forward and backward against the float64
+reference, compiled by Triton for that GPU (torch.compile of UNet is
+tests/test_registration.py's gpu-marked test). On the CPU the same tests run the kernels under
+Triton's interpreter at small sizes (a few channels, a few pixels), so a CPU run proves the tests
+themselves before a rare GPU session spends minutes on them.
+"""
+import pytest
+import torch
+
+from unet_fast import ReferenceUNet, UNet, up_concat
+from unet_fast.bench.cases import decoder_cases
+from unet_fast.gpu_plan import ODD_STEPS
+from helpers import DEVICE, assert_close_to_reference, randn, select_path
+from test_up_concat_backward import grads_against_reference
+
+pytestmark = pytest.mark.gpu
+ON_GPU = DEVICE.type == "cuda"
+# The steps' channel counts and sizes on a GPU; on the CPU the same three steps at base 4 from a
+# 32x32 image (the interpreter runs one program at a time).
+STEPS = decoder_cases(batch=2) if ON_GPU else decoder_cases(batch=1, image_size=32, base_channels=4)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def step_args(case, dtype, fmt):
+    return (randn(case.n, case.cin, case.h, case.w, dtype=dtype, memory_format=fmt),
+            randn(case.n, case.cs, 2 * case.h, 2 * case.w, dtype=dtype, memory_format=fmt),
+            randn(case.cin, case.cout, 2, 2, dtype=dtype) * (4 * case.cout) ** -0.5,
+            randn(case.cout, dtype=dtype))
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", STEPS, ids=lambda c: c.name)
+def test_default_steps_forward_and_backward(monkeypatch, case, dtype, layout):
+    select_path(monkeypatch, "triton")
+    grads_against_reference(step_args(case, DTYPES[dtype], FORMATS[layout]), True, DTYPES[dtype],
+                            f" ({case.name} {dtype} {layout})")
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("case", ODD_STEPS, ids=lambda c: c.name)
+def test_odd_shapes_forward_and_backward(monkeypatch, case, dtype, layout):
+    select_path(monkeypatch, "triton")
+    grads_against_reference(step_args(case, DTYPES[dtype], FORMATS[layout]), True, DTYPES[dtype])
+
+
+def test_empty_batch(monkeypatch):
+    select_path(monkeypatch, "triton")
+    case = STEPS[0]
+    x, skip, weight, bias = [t.requires_grad_() for t in step_args(case, torch.float32, torch.channels_last)]
+    x, skip = x[:0].detach().requires_grad_(), skip[:0].detach().requires_grad_()
+    out = up_concat(x, skip, weight, bias)
+    assert out.shape == (0, case.cout + case.cs, 2 * case.h, 2 * case.w)
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_unet_matches_reference_unet(monkeypatch, layout):
+    """The whole model, H and W not multiples of 8 (padded inside), forward and parameter grads."""
+    select_path(monkeypatch, "triton")
+    base, shape = (16, (2, 3, 100, 124)) if ON_GPU else (4, (1, 3, 20, 28))
+    model = UNet(base_channels=base).to(DEVICE, memory_format=FORMATS[layout])
+    reference = ReferenceUNet(base_channels=base).to(DEVICE, torch.float64)
+    reference.load_state_dict(model.state_dict())
+    image = torch.rand(shape, device=DEVICE).contiguous(memory_format=FORMATS[layout])
+    out = model(image)
+    expected = reference(image.double())
+    assert_close_to_reference(out, expected, torch.float32, "UNet logits")
+    grad = torch.randn_like(expected)
+    out.backward(grad.float())
+    expected.backward(grad)
+    ref_params = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert_close_to_reference(p.grad, ref_params[name].grad, torch.float32, f"grad of {name}")

@@ -1,0 +1,120 @@
+"""Compile every Triton kernel for a GPU (no GPU needed) and report registers, spills, shared memory.
+
+STATIC ANALYSIS, NOT A TIMING. For each architecture (--arch), decoder step (--case), dtype and
+layout, the op's own launchers run on empty tensors with Triton pointed at that GPU, so each
+kernel is compiled with exactly the specializations and the configs (after pruning) that a launch
+there would use. One row per kernel, case, dtype, layout and config: registers per thread and
+spill bytes (ptxas -v), shared memory against the architecture's limit, the tensor-core
+instruction (wgmma on sm_90, mma), async copies (cp.async), the widest global load and store in
+bytes, and the compile time. dtype "tf32" is float32 with cudnn.allow_tf32 (PyTorch's default);
+"fp32" is float32 without it.
+
+Exit status 1 when a kernel fails to compile, needs more shared memory than the architecture has,
+or spills more than --max-spill bytes.
+
+Examples:
+    unet-fast kernels --arch sm_90 --arch sm_80
+    unet-fast kernels --arch sm_90 --dtype bf16 --layout channels_last --json static-sm90.json
+"""
+import datetime
+import json
+import sys
+
+from .errors import CLIError
+
+DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
+LAYOUT_CHOICES = ("contiguous", "channels_last")
+CASE_CHOICES = ("up3", "up2", "up1")
+# Spill bytes per thread allowed in a launchable config. Zero: every config in kernels/configs.py
+# was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
+MAX_SPILL_BYTES = 0
+COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), ("config", "{}"),
+           ("registers", "{}"), ("spill_stores", "{}"), ("shared", "{}"), ("shared_limit", "{}"),
+           ("tensor_cores", "{}"), ("cp_async", "{}"), ("widest_load", "{}"), ("widest_store", "{}"),
+           ("compile_s", "{:.1f}"))
+
+
+def _comma_list(text, choices, what):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in choices]
+    if bad or not items:
+        raise CLIError(f"{what} must be a comma list of {', '.join(choices)}, got {text!r}")
+    return items
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--arch", action="append", metavar="sm_XX",
+                        help="GPU architecture to compile for: sm_90 (H100, H200) or sm_80 (A100); "
+                             "repeatable (default sm_90)")
+    parser.add_argument("--case", default=",".join(CASE_CHOICES),
+                        help="the default UNet's decoder steps at batch 8 from 512x512 (default all)")
+    parser.add_argument("--dtype", default=",".join(DTYPE_CHOICES), help="comma list (default all)")
+    parser.add_argument("--layout", default=",".join(LAYOUT_CHOICES), help="comma list (default both)")
+    parser.add_argument("--max-spill", type=int, default=MAX_SPILL_BYTES,
+                        help=f"spill bytes per thread above which a row fails (default {MAX_SPILL_BYTES})")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows, with versions and commit")
+
+
+def problems(rows, max_spill: int) -> list:
+    """What makes a row fail: a compile error, shared memory over the limit, spills over the bound."""
+    found = []
+    for r in rows:
+        where = f"{r['kernel']} {r['case']} {r['dtype']} {r['layout']} {r['config']} on {r['arch']}"
+        if r["error"]:
+            found.append(f"{where}: does not compile: {r['error']}")
+            continue
+        if r["shared"] > r["shared_limit"]:
+            found.append(f"{where}: needs {r['shared']} bytes of shared memory, the GPU has {r['shared_limit']}")
+        if (r["spill_stores"] or 0) > max_spill:
+            found.append(f"{where}: spills {r['spill_stores']} bytes per thread (bound {max_spill})")
+    return found
+
+
+def format_table(rows) -> str:
+    head = [name for name, _ in COLUMNS]
+    cells = [[("-" if r.get(k) is None else fmt.format(r[k])) if not r.get("error") or k in head[:5]
+              else "ERROR" for k, fmt in COLUMNS] for r in rows]
+    widths = [max(len(c) for c in col) for col in zip(head, *cells)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from .bench.cases import decoder_cases
+    from .bench.environment import git_commit, triton_version
+    from .kernels.offline_target import parse_arch
+    try:
+        arches = [parse_arch(a) for a in (args.arch or ["sm_90"])]
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    cases = [c for c in decoder_cases(batch=8) if c.name in _comma_list(args.case, CASE_CHOICES, "--case")]
+    dtypes = _comma_list(args.dtype, DTYPE_CHOICES, "--dtype")
+    layouts = _comma_list(args.layout, LAYOUT_CHOICES, "--layout")
+    from .static_compile import compile_report
+    rows = []
+    for arch in arches:
+        try:
+            arch_rows = compile_report(arch, cases, dtypes, layouts,
+                                       progress=lambda s: print(f"compiled {s}", file=sys.stderr, flush=True))
+        except RuntimeError as e:
+            raise CLIError(str(e)) from e
+        rows += [dict(r, arch=f"sm_{arch}") for r in arch_rows]
+    print("Static analysis (compiled on this machine for the GPU, not run, not timed); "
+          f"triton {triton_version()}, commit {git_commit()}")
+    for arch in arches:
+        print(f"\nsm_{arch}:")
+        print(format_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
+    found = problems(rows, args.max_spill)
+    if args.json:
+        meta = dict(kind="static analysis: compiled for the GPU on a CPU, not run, not timed",
+                    triton=triton_version(), commit=git_commit(), arches=[f"sm_{a}" for a in arches],
+                    max_spill=args.max_spill, problems=found,
+                    date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            f.write("\n")
+    for line in found:
+        print(f"FAIL {line}", file=sys.stderr)
+    print(f"\n{len(rows)} kernels compiled, {len(found)} problems", file=sys.stderr)
+    return 1 if found else 0
