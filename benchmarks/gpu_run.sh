@@ -33,7 +33,7 @@ GPU_PYTHON=3.12
 PARTS=(
     "env      40  versions, nvidia-smi, unet-fast check"
     "tests    120 pytest -m gpu: compiled correctness, torch.compile of UNet, offsets past 2**31, a training step"
-    "steps    200 24 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows"
+    "steps    200 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows"
     "model    60  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
     "compiled 150 UNet 512x512 b8 bf16 channels_last under torch.compile (ReferenceUNet, UNet)"
 )
@@ -56,7 +56,11 @@ dry_run() {
     # then compile them with Python $GPU_PYTHON and Triton $GPU_TRITON alone.
     # .venv-triton36 is the venv .ci/run makes for its Triton 3.6.0 checks (same recipe).
     local rec=.venv-triton36 cc=.venv-gpu-cache py
-    py=$(command -v "python$GPU_PYTHON" || ls -d "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python 2>/dev/null | tail -n 1)
+    py=""
+    for candidate in "python$GPU_PYTHON" "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python; do
+        # A pyenv shim exists without the version behind it: ask each candidate to run.
+        if "$candidate" -c "" >/dev/null 2>&1; then py=$candidate; break; fi
+    done
     if [ -z "$py" ]; then echo "gpu_run.sh: no python$GPU_PYTHON here to build the GPU's cache with" >&2; return 2; fi
     if [ ! -x "$rec/bin/python" ]; then
         python3 -m venv "$rec" && "$rec/bin/pip" install -q torch==2.13.0 "triton==$GPU_TRITON" "numpy<2.4" \
@@ -69,11 +73,15 @@ dry_run() {
     env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu_plan record "$plan" --arch sm_90 || return 2
     rm -rf .triton-cache
     env -u TRITON_INTERPRET "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache || return 2
-    echo "kernels in .triton-cache: $(count_our_kernels) ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"
+    echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"
 }
 
 count_our_kernels() {  # compiled up_concat kernels in the cache
     find "$REPO/.triton-cache" -name 'up_concat_*.cubin' 2>/dev/null | wc -l
+}
+
+count_launchers() {  # Triton's C launchers (one per kernel signature, built with gcc at first launch)
+    find "$REPO/.triton-cache" -name '__triton_launcher*.so' 2>/dev/null | wc -l
 }
 
 if [ "${1:-}" = "--dry-run" ]; then dry_run; exit $?; fi
@@ -89,7 +97,10 @@ LOG=$OUT/gpu_run.log
 export TRITON_CACHE_DIR=$REPO/.triton-cache PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 START=$(date +%s)
+# Triton's cache groups hold absolute paths: point them at this checkout's copy.
+[ -d "$TRITON_CACHE_DIR" ] && python3 benchmarks/build_triton_cache.py --relocate "$TRITON_CACHE_DIR" >>"$LOG" 2>&1
 CARRIED=$(count_our_kernels)
+CARRIED_LAUNCHERS=$(count_launchers)
 SUMMARY=()
 say() { echo "$*" | tee -a "$LOG"; }
 
@@ -97,10 +108,10 @@ say() { echo "$*" | tee -a "$LOG"; }
 if ! python3 -c "import unet_fast.kernels" >/dev/null 2>&1; then
     pip install --no-deps --no-build-isolation -e . >>"$LOG" 2>&1
 fi
-say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s, $CARRIED of our kernels carried in .triton-cache"
+say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s; carried in .triton-cache: $CARRIED of our kernels, $CARRIED_LAUNCHERS launchers"
 
 part() {  # part NAME EST_SECONDS COMMAND...: run unless it cannot end inside the budget
-    local name=$1 est=$2 elapsed rc before
+    local name=$1 est=$2 elapsed rc before launchers
     shift 2
     elapsed=$(( $(date +%s) - START ))
     if [ $((elapsed + est)) -gt "$BUDGET_S" ]; then
@@ -110,19 +121,22 @@ part() {  # part NAME EST_SECONDS COMMAND...: run unless it cannot end inside th
         return
     fi
     before=$(count_our_kernels)
+    launchers=$(count_launchers)
     say "== $name (at ${elapsed} s, estimated ${est} s)"
     # A part past the budget (plus a grace of 30 s) is stopped; the functions below run in bash -c.
     timeout $((BUDGET_S - elapsed + 30)) bash -c '"$@"' part "$@" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     local took=$(( $(date +%s) - START - elapsed )) compiled=$(( $(count_our_kernels) - before ))
-    say "== $name: exit $rc in ${took} s; our kernels compiled on the GPU: $compiled"
-    SUMMARY+=("{\"part\": \"$name\", \"status\": \"exit $rc\", \"seconds\": $took, \"kernels_compiled_here\": $compiled}")
+    launchers=$(( $(count_launchers) - launchers ))
+    say "== $name: exit $rc in ${took} s; compiled on the GPU: $compiled of our kernels, $launchers Triton launchers (Inductor's count too)"
+    SUMMARY+=("{\"part\": \"$name\", \"status\": \"exit $rc\", \"seconds\": $took, \"kernels_compiled_here\": $compiled, \"launchers_compiled_here\": $launchers}")
     write_summary
 }
 
 write_summary() {
     local IFS=,
-    printf '{"carried_kernels": %s, "budget_s": %s, "parts": [%s]}\n' "$CARRIED" "$BUDGET_S" "${SUMMARY[*]}" >"$OUT/summary.json"
+    printf '{"carried_kernels": %s, "carried_launchers": %s, "budget_s": %s, "parts": [%s]}\n' \
+        "$CARRIED" "$CARRIED_LAUNCHERS" "$BUDGET_S" "${SUMMARY[*]}" >"$OUT/summary.json"
 }
 
 env_part() {

@@ -62,6 +62,25 @@ def _config_label(kwargs: dict) -> str:
             f"w{kwargs.get('num_warps', 4)} s{kwargs.get('num_stages', 3)}")
 
 
+def configs_of(kernel, args, kwargs):
+    """(the JIT function, the config kwargs it compiles with) of a launch: an autotuned kernel's
+    configs after its own pruning, exactly as Triton's autotuner would choose them, else one."""
+    import triton
+    if not isinstance(kernel, triton.runtime.Autotuner):
+        return kernel, [{}]
+    kernel.nargs = dict(zip(kernel.arg_names, args))
+    configs = [c.all_kwargs() for c in kernel.prune_configs(kwargs)]
+    kernel.nargs = None
+    return kernel.fn, configs
+
+
+def compile_launch(kernel, grid, args, kwargs):
+    """A launch recorder that compiles what the launch would, for each config, and nothing more."""
+    fn, configs = configs_of(kernel, args, kwargs)
+    for config in configs:
+        fn.warmup(*args, grid=grid, **kwargs, **config)
+
+
 # Compiled kernel hash -> (ptxas resources, compile seconds). Process-wide, as Triton's own
 # in-memory kernel cache is: a kernel compiled earlier in the process is not compiled (nor logged)
 # again.
@@ -78,14 +97,7 @@ class _Compiler:
         self.rows = []
 
     def __call__(self, kernel, grid, args, kwargs):
-        import triton
-        if isinstance(kernel, triton.runtime.Autotuner):
-            kernel.nargs = dict(zip(kernel.arg_names, args))
-            configs = [c.all_kwargs() for c in kernel.prune_configs(kwargs)]
-            kernel.nargs = None
-            fn = kernel.fn
-        else:
-            configs, fn = [{}], kernel
+        fn, configs = configs_of(kernel, args, kwargs)
         for config in configs:
             self._compile(fn, grid, args, {**kwargs, **config})
 
@@ -179,23 +191,13 @@ def record_specializations(capability: int, cases, dtypes, layouts) -> list:
         specs.append(dict(kernel=fn.name, specialization=compile["specialization_data"]))
         return True  # Triton skips the compile
 
-    def each_config(kernel, grid, args, kwargs):
-        import triton
-        if isinstance(kernel, triton.runtime.Autotuner):
-            kernel.nargs = dict(zip(kernel.arg_names, args))
-            configs = [c.all_kwargs() for c in kernel.prune_configs(kwargs)]
-            kernel.nargs, kernel = None, kernel.fn
-        else:
-            configs = [{}]
-        for config in configs:
-            kernel.warmup(*args, grid=grid, **kwargs, **config)
-
     saved_hook, saved_tf32 = knobs.runtime.jit_cache_hook, torch.backends.cudnn.allow_tf32
     knobs.runtime.jit_cache_hook = record
     try:
         for dtype_name in dtypes:
             dtype, torch.backends.cudnn.allow_tf32 = DTYPES[dtype_name]
-            with offline_target(capability), recording_launches(each_config):
+            # Each warmup stops at the hook, which records the specialization and skips the compile.
+            with offline_target(capability), recording_launches(compile_launch):
                 for layout in layouts:
                     for case in cases:
                         _launch_step(case, dtype, LAYOUTS[layout])
