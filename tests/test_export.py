@@ -48,3 +48,16 @@ def test_export_without_onnxruntime_writes_the_file_unchecked(tmp_path, capsys, 
     assert code == 0, err
     assert "onnxruntime is not installed: output not checked" in out
     assert (tmp_path / "unet.onnx").stat().st_size > 1000
+
+
+def test_export_refuses_to_replace_a_file_unless_asked(tmp_path, capsys, ckpt):
+    """An existing FILE is kept, named in a one-line error, before anything is exported."""
+    pytest.importorskip("onnx")
+    onnx_path = tmp_path / "unet.onnx"
+    onnx_path.write_bytes(b"an earlier export")
+    code, out, err = run_cli(capsys, "export", ckpt, "--onnx", onnx_path, "--no-check")
+    assert code == 2 and f"{onnx_path} already exists; pass --overwrite" in err
+    assert onnx_path.read_bytes() == b"an earlier export"
+    code, out, err = run_cli(capsys, "export", ckpt, "--onnx", onnx_path, "--no-check", "--overwrite")
+    assert code == 0, err
+    assert onnx_path.stat().st_size > 1000

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .atomic_write import atomic_write, check_output_file, one_line
+from .atomic_write import atomic_write, check_output_file, one_line, refuse_to_overwrite
 from .errors import CLIError
 from .reference import ReferenceUNet
 
@@ -126,10 +126,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--opset", type=int, default=17,
                         help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default %(default)s)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
 
 def run(args) -> int:
     check_opset(args.opset)
+    if not args.overwrite:
+        refuse_to_overwrite([args.onnx], "pass --overwrite to replace it")
     ckpt = checkpoint.read(args.checkpoint)
     model = checkpoint.build_model(ckpt, args.checkpoint, model_class=ReferenceUNet).eval()
     try:
