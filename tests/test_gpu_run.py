@@ -84,10 +84,10 @@ os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
 from unet_fast.bench.cases import decoder_cases
 from unet_fast.kernels.offline_target import offline_target
 from unet_fast.kernels.up_concat_launch import recording_launches
-from unet_fast.static_compile import _launch_step, compile_launch
+from unet_fast.static_compile import launch_decoder_step, compile_launch
 import torch
 with offline_target(90), recording_launches(compile_launch):
-    _launch_step(decoder_cases(8)[0], torch.bfloat16, torch.channels_last)
+    launch_decoder_step(decoder_cases(8)[0], torch.bfloat16, torch.channels_last)
 """
 
 

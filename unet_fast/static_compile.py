@@ -125,7 +125,7 @@ def _empty(shape, dtype, fmt):
     return torch.empty(shape, dtype=dtype).contiguous(memory_format=fmt)
 
 
-def _launch_step(case, dtype, fmt):
+def launch_decoder_step(case, dtype, fmt):
     """The forward and the backward launches of one decoder step, on empty tensors."""
     from .kernels.up_concat_launch import up_concat_backward, up_concat_forward
     x = _empty([case.n, case.cin, case.h, case.w], dtype, fmt)
@@ -171,7 +171,7 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
             for layout in layouts:
                 for case in cases:
                     compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
-                    _launch_step(case, dtype, LAYOUTS[layout])
+                    launch_decoder_step(case, dtype, LAYOUTS[layout])
                     if progress:
                         progress(f"sm_{capability} {dtype_name} {layout} {case.name}")
     return compiler.rows
@@ -200,7 +200,7 @@ def record_specializations(capability: int, cases, dtypes, layouts) -> list:
             with offline_target(capability), recording_launches(compile_launch):
                 for layout in layouts:
                     for case in cases:
-                        _launch_step(case, dtype, LAYOUTS[layout])
+                        launch_decoder_step(case, dtype, LAYOUTS[layout])
     finally:
         knobs.runtime.jit_cache_hook, torch.backends.cudnn.allow_tf32 = saved_hook, saved_tf32
     unique = {s["specialization"]: s for s in specs}
