@@ -77,13 +77,15 @@ ACCUMULATORS = {"forward": 4, "backward_input": 1, "backward_weight": 4}
 
 
 def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
-    """Bytes of shared memory a config can need at most: the stages in flight (all but the one
-    being computed) and the accumulators. An upper bound, checked against what the compiler allots
-    for every config in tests/test_kernel_report.py; it prunes configs on GPUs with less shared
-    memory (an A100 has 166,912 bytes, an RTX 4090 101,376) before anything is compiled."""
+    """Bytes of shared memory a config can need at most: every stage's tiles, or the stages in
+    flight (all but the one being computed) plus the accumulators, whichever is more. An upper
+    bound, checked against what the compiler allots for every launchable config in
+    tests/test_kernel_report.py (TF32 tiles of two stages take both stages, not one); it prunes
+    configs on GPUs with less shared memory (an A100 has 166,912 bytes, an RTX 4090 101,376)
+    before anything is compiled."""
     bm, bn, bk, _warps, stages = tile
-    in_flight = max(1, stages - 1) * STAGE_ELEMENTS[kernel](bm, bn, bk) * element_size
-    return in_flight + ACCUMULATORS[kernel] * bm * bn * 4
+    stage = STAGE_ELEMENTS[kernel](bm, bn, bk) * element_size
+    return max(stages * stage, (stages - 1) * stage + ACCUMULATORS[kernel] * bm * bn * 4)
 
 
 def device_limits() -> tuple:
