@@ -1,7 +1,7 @@
-"""The tiles each kernel may launch with on a GPU, per element size, and the pruning that keeps
+"""The tiles each kernel may launch with on a GPU, per operand class, and the pruning that keeps
 every launchable config inside the device's shared memory.
 
-Why per element size: a tile that fits registers and shared memory in bf16 can overflow both in
+Why per operand class: a tile that fits registers and shared memory in bf16 can overflow both in
 fp32 (FlagGems keeps its configs per dtype too). Each list below was checked with
 `unet-fast kernels --arch sm_90 --arch sm_80` (tests/test_kernel_report.py runs it in CI).
 No torch import: see common.py.
@@ -14,10 +14,10 @@ import triton
 # (bf16, fp16), "tf32" (float32 through TF32 tensor cores, PyTorch's default for convolutions) and
 # "fp32" (float32 in full precision: FMA, no tensor cores, so the smallest tiles). Every tile
 # compiles without a spill, in both layouts, for sm_90 and (where its shared-memory bound fits)
-# sm_80, under Triton 3.6.0 and 3.9.0 (tests/test_kernel_report.py; the register allocation
-# differs between Triton versions by up to 40 bytes of spill for the same tile). The forward keeps four float32 accumulators of
-# BLOCK_M x BLOCK_N (one per tap): past 128 registers of them per thread, the 255-register file
-# spills.
+# sm_80, under Triton 3.6.0 and 3.9.0 (tests/test_kernel_report.py: register allocation differs
+# between the two by up to 40 bytes of spill for one tile). The forward keeps four float32
+# accumulators of BLOCK_M x BLOCK_N (one per tap): past 128 registers of them per thread, the
+# 255-register file spills.
 TILES = {
     "forward": {
         "16-bit": [(128, 32, 32, 4, 4), (256, 32, 32, 8, 3), (64, 32, 32, 4, 4)],

@@ -335,7 +335,7 @@ def test_export_that_fails_its_check_keeps_the_previous_file(tmp_path, capsys, c
     target.parent.mkdir()
     target.write_bytes(b"previous export")
     monkeypatch.setattr(export, "check_with_onnxruntime", lambda path, model: 0.5)
-    assert_cli_error(capsys, "export", ckpt, "--onnx", target,
+    assert_cli_error(capsys, "export", ckpt, "--onnx", target, "--overwrite",
                      contains=["differs from PyTorch by 5.0e-01", "m.onnx not written"])
     assert tree(target.parent) == {"m.onnx": b"previous export"}
 

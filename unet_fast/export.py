@@ -131,8 +131,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     check_opset(args.opset)
-    if not args.overwrite:
-        refuse_to_overwrite([args.onnx], "pass --overwrite to replace it")
     ckpt = checkpoint.read(args.checkpoint)
     model = checkpoint.build_model(ckpt, args.checkpoint, model_class=ReferenceUNet).eval()
     try:
@@ -140,6 +138,8 @@ def run(args) -> int:
     except ImportError:
         raise CLIError("ONNX export needs the onnx package: pip install 'unet_fast[onnx]'") from None
     check_output_file(args.onnx)
+    if not args.overwrite:
+        refuse_to_overwrite([args.onnx], "pass --overwrite to replace it")
     shapes = ", ".join("x".join(map(str, (n, model.in_channels, h, w))) for n, h, w in CHECK_SHAPES)
     checked = {}
 
