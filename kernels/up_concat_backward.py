@@ -42,8 +42,12 @@ def up_concat_backward_input_kernel(
     sdsn, sdsc, sdsh, sdsw,
     RELU: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, PAIR_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """PAIR_W: grad, out and dskip are stride-1 along W (NCHW), so the two W taps (b = 0, 1) of a
+    pixel are adjacent elements: one [BLOCK_M, BLOCK_K, 2] access of 2-element runs (split or
+    joined in registers) instead of two at stride 2, which the compiler can pipeline (cp.async)."""
     pid_m = as_offset(tl.program_id(0), IDX64)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -66,12 +70,19 @@ def up_concat_backward_input_kernel(
             o_ptrs = o_ptr + o_pix[:, None] + as_offset(offs_o[None, :], IDX64) * soc
             wt_ptrs = w_ptr + offs_o[:, None] * swo + offs_c[None, :] * swc
             wt_mask = mask_o[:, None] & mask_c[None, :]
-            for tap in tl.static_range(4):
-                a = tap // 2
-                b = tap % 2
-                gy = masked_grad(g_ptrs + a * sgh + b * sgw, o_ptrs + a * soh + b * sow, mask, RELU, UPCAST)
-                wt = tl.load(wt_ptrs + a * swa + b * swb, mask=wt_mask, other=0.0)
-                acc = tile_product(gy, wt, acc, USE_DOT, UPCAST, INPUT_PRECISION)
+            for a in tl.static_range(2):
+                if PAIR_W:  # taps (a, 0) and (a, 1) in one load
+                    pair = tl.arange(0, 2)[None, None, :]
+                    gy0, gy1 = tl.split(masked_grad(g_ptrs[:, :, None] + a * sgh + pair,
+                                                    o_ptrs[:, :, None] + a * soh + pair,
+                                                    mask[:, :, None] & (pair < 2), RELU, UPCAST))
+                else:
+                    gy0 = masked_grad(g_ptrs + a * sgh, o_ptrs + a * soh, mask, RELU, UPCAST)
+                    gy1 = masked_grad(g_ptrs + a * sgh + sgw, o_ptrs + a * soh + sow, mask, RELU, UPCAST)
+                wt0 = tl.load(wt_ptrs + a * swa, mask=wt_mask, other=0.0)
+                wt1 = tl.load(wt_ptrs + a * swa + swb, mask=wt_mask, other=0.0)
+                acc = tile_product(gy0, wt0, acc, USE_DOT, UPCAST, INPUT_PRECISION)
+                acc = tile_product(gy1, wt1, acc, USE_DOT, UPCAST, INPUT_PRECISION)
         dx_ptrs = (dx_ptr + (img * sdxn + row * sdxh + col * sdxw)[:, None]
                    + as_offset(offs_c[None, :], IDX64) * sdxc)
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
@@ -83,11 +94,17 @@ def up_concat_backward_input_kernel(
         o_ptrs = o_ptr + o_pix[:, None] + chan * soc
         ds_ptrs = (dskip_ptr + (img * sdsn + (2 * row) * sdsh + (2 * col) * sdsw)[:, None]
                    + as_offset(offs_s[None, :], IDX64) * sdsc)
-        for tap in tl.static_range(4):
-            a = tap // 2
-            b = tap % 2
-            g = masked_grad(g_ptrs + a * sgh + b * sgw, o_ptrs + a * soh + b * sow, mask, RELU, UPCAST)
-            tl.store(ds_ptrs + a * sdsh + b * sdsw, g.to(dskip_ptr.dtype.element_ty), mask=mask)
+        for a in tl.static_range(2):
+            if PAIR_W:
+                pair = tl.arange(0, 2)[None, None, :]
+                pair_mask = mask[:, :, None] & (pair < 2)
+                g = masked_grad(g_ptrs[:, :, None] + a * sgh + pair, o_ptrs[:, :, None] + a * soh + pair,
+                                pair_mask, RELU, UPCAST)
+                tl.store(ds_ptrs[:, :, None] + a * sdsh + pair, g.to(dskip_ptr.dtype.element_ty), mask=pair_mask)
+            else:
+                for b in tl.static_range(2):
+                    g = masked_grad(g_ptrs + a * sgh + b * sgw, o_ptrs + a * soh + b * sow, mask, RELU, UPCAST)
+                    tl.store(ds_ptrs + a * sdsh + b * sdsw, g.to(dskip_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

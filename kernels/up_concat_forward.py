@@ -20,6 +20,16 @@ from .configs import autotuned
 
 
 @triton.jit
+def skip_relu(v, RELU: tl.constexpr, UPCAST: tl.constexpr):
+    """The ReLU over copied skip channels (when RELU): torch.relu's, NaN kept."""
+    if RELU:
+        if UPCAST:  # the interpreter cannot compare bfloat16 values
+            v = v.to(tl.float32)
+        v = relu_keep_nan(v)
+    return v
+
+
+@triton.jit
 def up_concat_forward_kernel(
     x_ptr, skip_ptr, w_ptr, b_ptr, out_ptr,
     M, H, W, CIN, COUT, CS,
@@ -29,8 +39,12 @@ def up_concat_forward_kernel(
     son, soc, soh, sow,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, PAIR_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """PAIR_W: skip and out are stride-1 along W (NCHW), so the two W taps (b = 0, 1) of an output
+    pixel pair are adjacent: stored (and skip copied) as [BLOCK_M, BLOCK_N, 2] runs, joined in
+    registers, instead of two accesses at stride 2."""
     pid_m = as_offset(tl.program_id(0), IDX64)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -78,25 +92,35 @@ def up_concat_forward_kernel(
             acc11 = relu_keep_nan(acc11)
         out_ptrs = out_ptr + out_pix[:, None] + as_offset(offs_o[None, :], IDX64) * soc
         out_mask = mask_m[:, None] & mask_o[None, :]
-        tl.store(out_ptrs, acc00.to(out_dtype), mask=out_mask)
-        tl.store(out_ptrs + sow, acc01.to(out_dtype), mask=out_mask)
-        tl.store(out_ptrs + soh, acc10.to(out_dtype), mask=out_mask)
-        tl.store(out_ptrs + soh + sow, acc11.to(out_dtype), mask=out_mask)
+        if PAIR_W:
+            pair = tl.arange(0, 2)[None, None, :]
+            pair_mask = out_mask[:, :, None] & (pair < 2)
+            tl.store(out_ptrs[:, :, None] + pair, tl.join(acc00, acc01).to(out_dtype), mask=pair_mask)
+            tl.store(out_ptrs[:, :, None] + soh + pair, tl.join(acc10, acc11).to(out_dtype), mask=pair_mask)
+        else:
+            tl.store(out_ptrs, acc00.to(out_dtype), mask=out_mask)
+            tl.store(out_ptrs + sow, acc01.to(out_dtype), mask=out_mask)
+            tl.store(out_ptrs + soh, acc10.to(out_dtype), mask=out_mask)
+            tl.store(out_ptrs + soh + sow, acc11.to(out_dtype), mask=out_mask)
     else:
         offs_s = (pid_n - n_conv_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = mask_m[:, None] & (offs_s < CS)[None, :]
         skip_ptrs = (skip_ptr + (img * ssn + (2 * row) * ssh + (2 * col) * ssw)[:, None]
                      + as_offset(offs_s[None, :], IDX64) * ssc)
         out_ptrs = out_ptr + out_pix[:, None] + as_offset((COUT + offs_s)[None, :], IDX64) * soc
-        for tap in tl.static_range(4):
-            a = tap // 2
-            b = tap % 2
-            v = tl.load(skip_ptrs + a * ssh + b * ssw, mask=mask, other=0.0)
-            if RELU:
-                if UPCAST:  # the interpreter cannot compare bfloat16 values
-                    v = v.to(tl.float32)
-                v = relu_keep_nan(v)
-            tl.store(out_ptrs + a * soh + b * sow, v.to(out_dtype), mask=mask)
+        if PAIR_W:  # taps (a, 0) and (a, 1) in one access
+            pair = tl.arange(0, 2)[None, None, :]
+            pair_mask = mask[:, :, None] & (pair < 2)
+            for a in tl.static_range(2):
+                v = tl.load(skip_ptrs[:, :, None] + a * ssh + pair, mask=pair_mask, other=0.0)
+                v = skip_relu(v, RELU, UPCAST)
+                tl.store(out_ptrs[:, :, None] + a * soh + pair, v.to(out_dtype), mask=pair_mask)
+        else:
+            for tap in tl.static_range(4):
+                a = tap // 2
+                b = tap % 2
+                v = skip_relu(tl.load(skip_ptrs + a * ssh + b * ssw, mask=mask, other=0.0), RELU, UPCAST)
+                tl.store(out_ptrs + a * soh + b * sow, v.to(out_dtype), mask=mask)
 
 
 up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr")

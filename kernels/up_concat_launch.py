@@ -77,6 +77,12 @@ def needs_int64_offsets(*tensors) -> bool:
                for t in tensors)
 
 
+def stride_1_along_w(*tensors) -> bool:
+    """The PAIR_W constexpr: every tensor is stride-1 along W (NCHW), so the two W taps of a
+    pixel are adjacent elements the kernels move as pairs."""
+    return all(t.stride(3) == 1 for t in tensors)
+
+
 def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
                       bias, relu: bool, out=None) -> torch.Tensor:
     """Launch the fused forward. Arguments must already be validated (unet_fast.validation).
@@ -105,7 +111,7 @@ def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
         *x.stride(), *skip.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
         *out.stride(),
         HAS_BIAS=bias is not None, RELU=relu, **math_settings(x.dtype),
-        IDX64=needs_int64_offsets(x, skip, out), **(tiles or {}),
+        IDX64=needs_int64_offsets(x, skip, out), PAIR_W=stride_1_along_w(skip, out), **(tiles or {}),
     )
     return out
 
@@ -148,7 +154,7 @@ def up_concat_backward(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, w
         grad, out, weight, dx, dskip,
         m, h, w, cin, cout, cs,
         *grad.stride(), *out.stride(), *weight.stride(), *dx.stride(), *dskip.stride(),
-        RELU=relu, **math, **(tiles or {}),
+        RELU=relu, PAIR_W=stride_1_along_w(grad, out, dskip), **math, **(tiles or {}),
     )
 
     tiles = tiles or fixed_tile("backward_weight", operand_class(x.element_size(), math["INPUT_PRECISION"]))
