@@ -15,7 +15,8 @@
 #               vs the eager reference, peak memory
 #   5 compiled  the same UNet under torch.compile (ReferenceUNet and UNet), if time is left
 # Files back (the device tool returns 8 at most): gpu_run.log (everything printed), summary.json
-# (parts, seconds, kernels compiled on the GPU), steps.json, model.json, model-compiled.json.
+# (parts, seconds, kernels compiled on the GPU), steps.json, steps-fp32.json, model.json,
+# model-compiled.json.
 # Here, afterwards: copy the JSON into benchmarks/results/ (keep the names the script prints) and
 # run `python benchmarks/render_results.py`.
 #
@@ -54,7 +55,6 @@ dry_run() {
     echo "  planned: ~${total} s of the ${BUDGET_S} s budget"
     # The Triton cache for the GPU machines: record the launches with Triton $GPU_TRITON and torch,
     # then compile them with Python $GPU_PYTHON and Triton $GPU_TRITON alone.
-    # .venv-triton36 is the venv .ci/run makes for its Triton 3.6.0 checks (same recipe).
     local rec=.venv-triton36 cc=.venv-gpu-cache py
     py=""
     for candidate in "python$GPU_PYTHON" "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python; do
@@ -62,10 +62,7 @@ dry_run() {
         if "$candidate" -c "" >/dev/null 2>&1; then py=$candidate; break; fi
     done
     if [ -z "$py" ]; then echo "gpu_run.sh: no python$GPU_PYTHON here to build the GPU's cache with" >&2; return 2; fi
-    if [ ! -x "$rec/bin/python" ]; then
-        python3 -m venv "$rec" && "$rec/bin/pip" install -q torch==2.13.0 "triton==$GPU_TRITON" "numpy<2.4" \
-            pillow matplotlib tqdm pytest && "$rec/bin/pip" install -q --no-deps --no-build-isolation -e . || return 2
-    fi
+    if [ ! -x "$rec/bin/python" ]; then bash benchmarks/triton36_venv.sh || return 2; fi
     if [ ! -x "$cc/bin/python" ]; then
         "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
     fi
@@ -110,9 +107,18 @@ if ! python3 -c "import unet_fast.kernels" >/dev/null 2>&1; then
 fi
 say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s; carried in .triton-cache: $CARRIED of our kernels, $CARRIED_LAUNCHERS launchers"
 
-part() {  # part NAME EST_SECONDS COMMAND...: run unless it cannot end inside the budget
-    local name=$1 est=$2 elapsed rc before launchers
-    shift 2
+estimate() {  # estimate NAME: a part's seconds, from PARTS
+    local p name est what
+    for p in "${PARTS[@]}"; do
+        read -r name est what <<<"$p"
+        if [ "$name" = "$1" ]; then echo "$est"; return; fi
+    done
+}
+
+part() {  # part NAME COMMAND...: run unless its estimate cannot end inside the budget
+    local name=$1 est elapsed rc before launchers
+    est=$(estimate "$name")
+    shift
     elapsed=$(( $(date +%s) - START ))
     if [ $((elapsed + est)) -gt "$BUDGET_S" ]; then
         say "== $name: skipped (at ${elapsed} s, ~${est} s more would pass the ${BUDGET_S} s budget)"
@@ -160,10 +166,10 @@ steps_part() {
 
 export OUT
 export -f env_part bench steps_part
-part env 40 env_part
-part tests 120 python3 -m pytest tests -m gpu -q -p no:cacheprovider
-part steps 200 steps_part
-part model 60 bench model --case unet --dtype bfloat16 --layout channels_last --provider fused,eager
-part compiled 150 bench model-compiled --case unet --dtype bfloat16 --layout channels_last \
+part env env_part
+part tests python3 -m pytest tests -m gpu -q -p no:cacheprovider
+part steps steps_part
+part model bench model --case unet --dtype bfloat16 --layout channels_last --provider fused,eager
+part compiled bench model-compiled --case unet --dtype bfloat16 --layout channels_last \
     --provider compiled,fused-compiled --compile-mode default
 say "gpu_run.sh: done at $(( $(date +%s) - START )) s; files in $OUT"

@@ -15,16 +15,13 @@ import time
 
 import torch
 
-ROW_FIELDS = ("kernel", "case", "dtype", "layout", "config", "registers", "spill_stores", "spill_loads",
-              "shared", "shared_limit", "tensor_cores", "cp_async", "widest_load", "widest_store",
-              "compile_s", "error")
+from .bench.cases import LAYOUTS
 
 # "fp32" runs with TF32 off (the test suite's setting); "tf32" is float32 with PyTorch's default
 # cudnn.allow_tf32=True, which the op follows: two different compiled kernels.
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
           "fp64": (torch.float64, False)}  # float64 only gradchecks, with fixed small tiles
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 KERNEL_NAMES = {"up_concat_forward_kernel": "forward", "up_concat_backward_input_kernel": "backward_input",
                 "up_concat_backward_weight_kernel": "backward_weight"}
 
