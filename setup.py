@@ -12,7 +12,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["unet_fast", "unet_fast.bench", "unet_fast.kernels"],
+    packages=["unet_fast", "unet_fast.adapters", "unet_fast.bench", "unet_fast.gpu", "unet_fast.kernels",
+              "unet_fast.models", "unet_fast.ops", "unet_fast.workflow"],
     package_dir={"unet_fast": "unet_fast", "unet_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.5",

@@ -3,7 +3,7 @@
     python benchmarks/build_triton_cache.py PLAN.json CACHE_DIR    # here, before a GPU session
     python benchmarks/build_triton_cache.py --relocate CACHE_DIR   # there, before the first launch
 
-PLAN.json comes from `python -m unet_fast.gpu_plan record` (unet_fast/gpu_plan.py). Run this under
+PLAN.json comes from `python -m unet_fast.gpu.plan record` (unet_fast/gpu_plan.py). Run this under
 the GPU machines' own Python and Triton (3.12 and 3.6.0 today): Triton's cache key hashes its
 compiled library, which differs between Python versions, so only a cache built by the same wheel
 is found there. No torch is needed: the kernel modules in kernels/ import Triton alone.

@@ -14,7 +14,7 @@ UNET_FAST_DISABLE_TRITON=1 (the PyTorch path), even when both folders run in one
 import pytest
 import torch
 
-from unet_fast.bench import cases as C
+from unet_fast import cases as C
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -23,7 +23,7 @@
 # The GPU machines run Python 3.12 and Triton 3.6.0 and reach no registry. Compiling our kernels
 # there would cost minutes of the window, so --dry-run compiles them here into .triton-cache
 # (git-ignored) with that Python and that Triton, for exactly the launches the run makes
-# (unet_fast/gpu_plan.py); the run reports how many of our kernels it still had to compile.
+# (unet_fast/gpu/plan.py); the run reports how many of our kernels it still had to compile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -67,7 +67,7 @@ dry_run() {
         "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
     fi
     local plan=.triton-cache.plan.json
-    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu_plan record "$plan" --arch sm_90 || return 2
+    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan record "$plan" --arch sm_90 || return 2
     rm -rf .triton-cache
     env -u TRITON_INTERPRET "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache || return 2
     echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"

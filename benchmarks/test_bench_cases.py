@@ -9,7 +9,7 @@ import itertools
 
 import torch
 
-from unet_fast.bench import cases as C
+from unet_fast import cases as C
 from unet_fast.bench import runner
 from unet_fast.bench.environment import device_name
 from unet_fast.reference import TOLERANCES

@@ -1,7 +1,7 @@
 """Host side of the up_concat kernels: buffers, grids, per-dtype math settings, and the launches.
 
 The kernels themselves live in up_concat_forward.py and up_concat_backward.py (no torch there).
-Every launch goes through `launch`, so a compile-only recorder (unet_fast.kernel_report) can take
+Every launch goes through `launch`, so a compile-only recorder (unet_fast.gpu.kernel_report) can take
 the place of the GPU and see exactly the arguments a real launch would pass.
 """
 import contextlib
@@ -13,7 +13,7 @@ from . import up_concat_backward as bwd
 from . import up_concat_forward as fwd
 from .common import interpreting
 from .configs import fixed_tile, operand_class
-from .layout import new_buffer, output_memory_format
+from ..ops.layout import new_buffer, output_memory_format
 
 _recorder = None
 
@@ -85,7 +85,7 @@ def stride_1_along_w(*tensors) -> bool:
 
 def up_concat_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
                       bias, relu: bool, out=None) -> torch.Tensor:
-    """Launch the fused forward. Arguments must already be validated (unet_fast.validation).
+    """Launch the fused forward. Arguments must already be validated (unet_fast.ops.validation).
 
     `out`, if given, is the [N, Cout + Cs, 2H, 2W] buffer to write, with any strides."""
     n, cin, h, w = x.shape

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 def _exact_float32_and_poisoned_outputs(monkeypatch):
     """Every test: results start as NaN (an unwritten element fails), and float32 matmuls/convs
     run in full precision on the GPU, so float32 tolerances mean float32 and not TF32."""
-    from unet_fast.kernels import layout
+    from unet_fast.ops import layout
 
     monkeypatch.setattr(layout, "POISON_OUTPUTS", True)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

@@ -30,11 +30,12 @@ def require_triton() -> None:
     """Fail (never skip) a test of the Triton kernels where they can run neither compiled (a CUDA
     device for torch) nor interpreted (TRITON_INTERPRET=1, which conftest.py sets without one):
     a skipped kernel test would let a run pass without testing the kernels at all."""
-    from unet_fast import up_concat_op, uses_triton
+    from unet_fast.ops import up_concat_op
+    from unet_fast import uses_triton
     if uses_triton(torch.empty(0, device=DEVICE)):
         return
     if up_concat_op._triton_common is None:
-        pytest.fail("unet_fast.up_concat_op could not import the Triton kernels (Triton missing, or "
+        pytest.fail("unet_fast.ops.up_concat_op could not import the Triton kernels (Triton missing, or "
                     "an ImportError in kernels/), so every call takes the PyTorch path", pytrace=False)
     pytest.fail("the Triton kernels cannot run here: torch sees no CUDA device and TRITON_INTERPRET="
                 f"{os.environ.get('TRITON_INTERPRET')!r} (leave it unset: tests/conftest.py then "
@@ -68,7 +69,7 @@ def spy_on_triton_launches(monkeypatch, kernel_module, torch_path_function: str)
     """Make the PyTorch path's `torch_path_function` fail if called, and wrap every Triton kernel
     of `kernel_module` (plain and autotuned) so each launch appends the kernel's name (without
     `_autotuned`) to the returned list before running it."""
-    from unet_fast import torch_path
+    from unet_fast.ops import torch_path
 
     def fail(*args, **kwargs):
         raise AssertionError("the PyTorch path ran")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from unet_fast.bench import cases as C
+from unet_fast import cases as C
 from unet_fast.bench import roofline
 from unet_fast.cli import main
 

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 import unet_fast
-from unet_fast import checkpoint, export
-from unet_fast.atomic_write import atomic_write
-from unet_fast.errors import CLIError
-from unet_fast.model import UNet
-from unet_fast.train import fit
+from unet_fast.workflow import checkpoint, export
+from unet_fast.workflow.atomic_write import atomic_write
+from unet_fast.errors import InputError
+from unet_fast.models.unet import UNet
+from unet_fast.workflow.train import fit
 from workflow_fixtures import (assert_cli_error, make_folder_dataset, pytorch_path,  # noqa: F401
                                run_cli, tiny_options, tree)
 
@@ -133,7 +133,7 @@ def test_train_refuses_to_replace_an_earlier_run(tmp_path, capsys):
         assert_cli_error(capsys, "train", "--samples", "8", "--image-size", "16", "--out", out, *TINY,
                          contains=[f"{out / name} already exists", "--resume", "--overwrite"])
     assert tree(out) == {"best.pt": b"earlier run", "metrics.json": b"earlier run"}
-    with pytest.raises(CLIError, match="best.pt already exists"):  # the Python API too
+    with pytest.raises(InputError, match="best.pt already exists"):  # the Python API too
         fit(tiny_options(out, samples=8, epochs=1))
     assert tree(out) == {"best.pt": b"earlier run", "metrics.json": b"earlier run"}
     code, stdout, err = run_cli(capsys, "train", "--samples", "8", "--image-size", "16", "--out", out,
@@ -202,7 +202,7 @@ def test_predict_missing_or_bad_checkpoint(tmp_path, capsys, ckpt, image):
     pickled = tmp_path / "pickled.pt"
     torch.save(UNet(base_channels=4), pickled)
     assert_cli_error(capsys, "predict", pickled, image, "--out", out,
-                     contains=["pickled.pt", "(unet_fast.model.UNet)", "weights_only=True"])
+                     contains=["pickled.pt", "(unet_fast.models.unet.UNet)", "weights_only=True"])
     assert not out.exists()
 
 
@@ -268,7 +268,7 @@ def test_predict_options_are_checked_before_anything_is_written(tmp_path, capsys
 ])
 def test_predict_api_checks_its_arguments(kwargs, expected):
     model = UNet(out_channels=2, base_channels=4).eval()
-    with pytest.raises(CLIError, match=re.escape(expected)):
+    with pytest.raises(InputError, match=re.escape(expected)):
         unet_fast.predict(model, torch.rand(3, 20, 24), **kwargs)
 
 
@@ -351,7 +351,7 @@ def test_a_checkpoint_that_fails_to_save_leaves_the_previous_one(tmp_path, monke
             f.write(b"PK half a zip")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(CLIError, match="cannot write .*last.pt: .*No space left"):
+    with pytest.raises(InputError, match="cannot write .*last.pt: .*No space left"):
         checkpoint.save(target, {"model": {}})
     assert tree(tmp_path) == {"last.pt": b"previous good checkpoint"}
 
@@ -366,7 +366,7 @@ def test_a_checkpoint_save_that_torch_reports_as_runtime_error_is_a_cli_error(tm
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
                            "PytorchStreamWriter failed writing file data/0: file write failed")
     monkeypatch.setattr(torch, "save", zip_writer_fails)
-    with pytest.raises(CLIError, match=r"cannot write .*last\.pt: torch.save failed: .*file write failed$"):
+    with pytest.raises(InputError, match=r"cannot write .*last\.pt: torch.save failed: .*file write failed$"):
         checkpoint.save(target, {"model": {}})
     assert tree(tmp_path) == {"last.pt": b"previous good checkpoint"}
 

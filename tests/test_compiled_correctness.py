@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from unet_fast import ReferenceUNet, UNet, up_concat
-from unet_fast.bench.cases import decoder_cases
-from unet_fast.gpu_plan import ODD_STEPS
+from unet_fast.cases import decoder_cases
+from unet_fast.gpu.plan import ODD_STEPS
 from helpers import DEVICE, assert_close_to_reference, randn, select_path
 from test_up_concat_backward import grads_against_reference
 

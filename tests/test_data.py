@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_fast.data import (Augmented, FolderSegmentation, SYNTHETIC_CLASSES, SyntheticSegmentation,
+from unet_fast.workflow.data import (Augmented, FolderSegmentation, SYNTHETIC_CLASSES, SyntheticSegmentation,
                             split_indices, synthetic_sample)
-from unet_fast.errors import CLIError
+from unet_fast.errors import InputError
 from workflow_fixtures import make_folder_dataset, pytorch_path  # noqa: F401
 
 
@@ -50,17 +50,17 @@ def test_folder_dataset_pairs_by_stem(tmp_path, suffix, mode):
 def test_folder_mask_values_out_of_range_name_file_and_values(tmp_path):
     root = make_folder_dataset(tmp_path / "d", count=3, num_classes=3)
     Image.fromarray(np.full((24, 32), 255, np.uint8)).save(root / "masks" / "img_1_mask.png")
-    with pytest.raises(CLIError, match=r"img_1_mask\.png.*values found: 255"):
+    with pytest.raises(InputError, match=r"img_1_mask\.png.*values found: 255"):
         FolderSegmentation(str(root), num_classes=3, progress=False)
 
 
 def test_folder_missing_mask_and_size_mismatch(tmp_path):
     root = make_folder_dataset(tmp_path / "d", count=3)
     (root / "masks" / "img_2_mask.png").unlink()
-    with pytest.raises(CLIError, match=r"img_2\.png has no mask"):
+    with pytest.raises(InputError, match=r"img_2\.png has no mask"):
         FolderSegmentation(str(root), num_classes=3, progress=False)
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "img_2_mask.png")
-    with pytest.raises(CLIError, match=r"img_2\.png is 32x24 but its mask .*img_2_mask\.png is 10x10"):
+    with pytest.raises(InputError, match=r"img_2\.png is 32x24 but its mask .*img_2_mask\.png is 10x10"):
         FolderSegmentation(str(root), num_classes=3, progress=False)
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import unet_fast
-from unet_fast.data import SyntheticSegmentation, split_indices, to_model_input
-from unet_fast.metrics import confusion_matrix, scores
+from unet_fast.workflow.data import SyntheticSegmentation, split_indices, to_model_input
+from unet_fast.workflow.metrics import confusion_matrix, scores
 from workflow_fixtures import pytorch_path, run_subprocess  # noqa: F401
 
 # `unet-fast train` as torchrun runs it, except that each rank also saves its final weights to
@@ -14,7 +14,8 @@ from workflow_fixtures import pytorch_path, run_subprocess  # noqa: F401
 TRAIN_AND_DUMP_EACH_RANK = """
 import sys
 import torch
-from unet_fast import cli, train
+from unet_fast import cli
+from unet_fast.workflow import train
 
 real_fit = train.fit
 

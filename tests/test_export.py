@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import unet_fast
-from unet_fast import checkpoint
-from unet_fast.model import UNet
-from unet_fast.train import init_weights
+from unet_fast.workflow import checkpoint
+from unet_fast.models.unet import UNet
+from unet_fast.workflow.train import init_weights
 from workflow_fixtures import pytorch_path, run_cli  # noqa: F401
 
 

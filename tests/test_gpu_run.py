@@ -2,7 +2,7 @@
 
 - The script's parts and time guard, with a stand-in `nvidia-smi` on PATH: a part that cannot end
   inside the budget is not started, a part that runs writes its log and summary into $OUT.
-- The cache: the launches recorded by unet_fast.gpu_plan and compiled by
+- The cache: the launches recorded by unet_fast.gpu.plan and compiled by
   benchmarks/build_triton_cache.py (under Triton alone, torch blocked) are exactly what Triton's
   JIT then looks up, also after the cache moved to another folder (as it does on the GPU machine)
   and was relocated: compiling the same launches against it compiles nothing new.
@@ -71,8 +71,8 @@ def test_a_part_that_fits_runs_and_reports_as_it_ends(tmp_path, fake_gpu_path):
 
 PLAN_SCRIPT = """
 import json, sys
-from unet_fast.bench.cases import decoder_cases
-from unet_fast.static_compile import record_specializations
+from unet_fast.cases import decoder_cases
+from unet_fast.gpu.static_compile import record_specializations
 import triton
 specs = record_specializations(90, decoder_cases(8)[:1], ["bf16"], ["channels_last"])
 json.dump(dict(triton=triton.__version__, capability=90, specializations=specs), open(sys.argv[1], "w"))
@@ -81,10 +81,10 @@ json.dump(dict(triton=triton.__version__, capability=90, specializations=specs),
 JIT_SCRIPT = """
 import os, sys
 os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
-from unet_fast.bench.cases import decoder_cases
+from unet_fast.cases import decoder_cases
 from unet_fast.kernels.offline_target import offline_target
 from unet_fast.kernels.up_concat_launch import recording_launches
-from unet_fast.static_compile import launch_decoder_step, compile_launch
+from unet_fast.gpu.static_compile import launch_decoder_step, compile_launch
 import torch
 with offline_target(90), recording_launches(compile_launch):
     launch_decoder_step(decoder_cases(8)[0], torch.bfloat16, torch.channels_last)

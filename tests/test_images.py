@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import unet_fast
-from unet_fast import checkpoint
-from unet_fast.data import FolderSegmentation, read_image
-from unet_fast.errors import CLIError
-from unet_fast.model import UNet
-from unet_fast.train import init_weights
+from unet_fast.workflow import checkpoint
+from unet_fast.workflow.data import FolderSegmentation, read_image
+from unet_fast.errors import InputError
+from unet_fast.models.unet import UNet
+from unet_fast.workflow.train import init_weights
 from workflow_fixtures import pytorch_path, run_cli  # noqa: F401
 
 ORIENTATION = 0x0112  # EXIF tag; value 6: the stored pixels must turn 90 degrees clockwise
@@ -103,12 +103,12 @@ def test_high_bit_depth_values_that_have_no_8_bit_meaning_are_errors(tmp_path):
     wide = np.zeros((8, 8), np.int32)
     wide[0, 0] = 70000  # a 32-bit integer image beyond 16 bits
     Image.fromarray(wide).save(tmp_path / "wide.tif")
-    with pytest.raises(CLIError, match=r"wide\.tif holds values from 0 to 70000.*0\.\.65535"):
+    with pytest.raises(InputError, match=r"wide\.tif holds values from 0 to 70000.*0\.\.65535"):
         read_image(tmp_path / "wide.tif")
     broken = np.ones((8, 8), np.float32)
     broken[3, 3] = np.nan
     Image.fromarray(broken).save(tmp_path / "nan.tif")
-    with pytest.raises(CLIError, match=r"nan\.tif holds NaN or infinite values"):
+    with pytest.raises(InputError, match=r"nan\.tif holds NaN or infinite values"):
         read_image(tmp_path / "nan.tif")
 
 

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from unet_fast.kernel_report import DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
+from unet_fast.gpu.kernel_report import DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
 from unet_fast.kernels.configs import TILES, shared_memory_bound, tiles_that_fit
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
-from unet_fast.static_compile import ptx_features, ptxas_resources
+from unet_fast.gpu.static_compile import ptx_features, ptxas_resources
 
 # .ci/run's second venv (the GPU machines' Triton 3.6.0) checks sm_90 alone, to keep CI short:
 # that Triton only ever compiles for the GPU machines, which are sm_90.

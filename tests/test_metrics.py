@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_fast.metrics import confusion_matrix, scores, segmentation_loss
+from unet_fast.workflow.metrics import confusion_matrix, scores, segmentation_loss
 
 
 def test_confusion_matrix_counts_true_class_by_predicted_class():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from unet_fast import ReferenceUNet, UNet, up_concat
-from unet_fast import torch_path, up_concat_op
+from unet_fast.ops import torch_path, up_concat_op
 from helpers import DEVICE
 
 

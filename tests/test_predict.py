@@ -5,11 +5,11 @@ import torch
 from PIL import Image
 
 import unet_fast
-from unet_fast import checkpoint
-from unet_fast.data import synthetic_sample
-from unet_fast.model import UNet
-from unet_fast.predict import CONTEXT, predict_logits, tile_starts
-from unet_fast.train import init_weights
+from unet_fast.workflow import checkpoint
+from unet_fast.workflow.data import synthetic_sample
+from unet_fast.models.unet import UNet
+from unet_fast.workflow.predict import CONTEXT, predict_logits, tile_starts
+from unet_fast.workflow.train import init_weights
 from workflow_fixtures import pytorch_path, run_cli  # noqa: F401
 
 

@@ -53,7 +53,7 @@ def test_triton_36_interpreter_with_numpy_24_is_refused_clearly(monkeypatch):
     import numpy
     import triton
     from unet_fast.kernels import common
-    from unet_fast.up_concat_op import uses_triton
+    from unet_fast.ops.up_concat_op import uses_triton
 
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.1")

@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_fast import checkpoint, load
-from unet_fast import train as train_module
-from unet_fast.train import fit
+from unet_fast.workflow import checkpoint
+from unet_fast import load
+from unet_fast.workflow import train as train_module
+from unet_fast.workflow.train import fit
 from workflow_fixtures import make_folder_dataset, pytorch_path, run_cli, tiny_options, tree  # noqa: F401
 
 

@@ -171,7 +171,7 @@ def test_this_run_tests_the_triton_kernels(monkeypatch):
 
 
 def test_kernel_tests_fail_rather_than_skip_where_the_kernels_cannot_run(monkeypatch):
-    from unet_fast import up_concat_op
+    from unet_fast.ops import up_concat_op
 
     monkeypatch.setattr(up_concat_op, "_triton_common", None)  # as where the kernels fail to import
     # pytest's skip and fail outcomes are BaseExceptions: catch either, then tell them apart.

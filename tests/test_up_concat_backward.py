@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from unet_fast import torch_path, up_concat
-from unet_fast.up_concat_op import _up_concat_backward
+from unet_fast.ops import torch_path
+from unet_fast import up_concat
+from unet_fast.ops.up_concat_op import _up_concat_backward
 from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
                      spy_on_triton_launches)
 from test_up_concat import LAYOUTS, SHAPES, layout_inputs, make_inputs, reference_out

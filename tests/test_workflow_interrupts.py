@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_fast import checkpoint, plots
-from unet_fast import train as train_module
-from unet_fast.atomic_write import prepare_output_dir
-from unet_fast.model import UNet
+from unet_fast.workflow import checkpoint, plots
+from unet_fast.workflow import train as train_module
+from unet_fast.workflow.atomic_write import prepare_output_dir
+from unet_fast.models.unet import UNet
 from workflow_fixtures import (assert_cli_error, pytorch_path, run_cli, run_subprocess,  # noqa: F401
                                tiny_options, tree)
 
@@ -94,7 +94,8 @@ def test_ctrl_c_while_the_curves_are_written_is_one_line_and_leaves_no_temporary
 # writing its first PNG, with the temporary file already made.
 SIGTERM_WHILE_WRITING = """
 import os, signal, sys, time
-from unet_fast import cli, overlay
+from unet_fast import cli
+from unet_fast.workflow import overlay
 
 real_atomic_write = overlay.atomic_write
 

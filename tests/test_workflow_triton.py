@@ -13,8 +13,8 @@ import unet_fast
 from unet_fast import ReferenceUNet
 from unet_fast.kernels import up_concat_backward as bwd_module
 from unet_fast.kernels import up_concat_forward as fwd_module
-from unet_fast.predict import image_tensor, predict_logits
-from unet_fast.train import fit
+from unet_fast.workflow.predict import image_tensor, predict_logits
+from unet_fast.workflow.train import fit
 from helpers import assert_close_to_reference, select_path, spy_on_triton_launches
 from workflow_fixtures import tiny_options
 

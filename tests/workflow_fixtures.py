@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from unet_fast import cli
-from unet_fast.train import TrainOptions
+from unet_fast.workflow.train import TrainOptions
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,11 @@ fused Triton kernel each, forward and backward.
     from unet_fast import UNet
     model = UNet(in_channels=3, out_channels=2)
 """
-from .model import UNet
-from .reference import ReferenceUNet
-from .up_concat_op import up_concat, uses_triton
-from .checkpoint import load
-from .predict import predict
+from unet_fast.models import UNet
+from unet_fast.ops import up_concat, uses_triton
+from unet_fast.reference import ReferenceUNet
+from unet_fast.workflow.checkpoint import load
+from unet_fast.workflow.predict import predict
 
 __version__ = "0.1.0"
 __all__ = ["UNet", "ReferenceUNet", "up_concat", "uses_triton", "load", "predict", "__version__"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import roofline
+from unet_fast.bench import roofline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}

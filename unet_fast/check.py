@@ -5,10 +5,10 @@ or the PyTorch path), and the largest relative error of each against unet_fast.r
 """
 import torch
 
-from . import reference
-from .model import UNet
-from .up_concat_op import up_concat, uses_triton
-from .bench.cases import StepCase
+from unet_fast import reference
+from unet_fast.models.unet import UNet
+from unet_fast.ops.up_concat_op import up_concat, uses_triton
+from unet_fast.cases import StepCase
 
 # x [2, 24, 9, 13], weight [24, 12, 2, 2], skip [2, 12, 18, 26]: small, odd, quick everywhere.
 CHECK_STEP = StepCase("check", 2, 24, 12, 12, 9, 13)

@@ -11,16 +11,16 @@ import signal
 import sys
 import threading
 
-from .errors import CLIError
+from unet_fast.errors import InputError
 
 SUBCOMMANDS = {
     "check": "unet_fast.check",
     "bench": "unet_fast.bench.cli",
-    "kernels": "unet_fast.kernel_report",
-    "train": "unet_fast.train",
-    "predict": "unet_fast.predict",
-    "export": "unet_fast.export",
-    "demo": "unet_fast.demo",
+    "kernels": "unet_fast.gpu.kernel_report",
+    "train": "unet_fast.workflow.train",
+    "predict": "unet_fast.workflow.predict",
+    "export": "unet_fast.workflow.export",
+    "demo": "unet_fast.workflow.demo",
 }
 
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     try:
         with _sigterm_as_interrupt():
             return int(args._module.run(args) or 0)
-    except CLIError as e:
+    except InputError as e:
         print(f"unet-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM; an Interrupted says where it stopped

@@ -1,9 +1,19 @@
-"""Errors the command line reports as one line, with no traceback: CLIError (exit code 2) and
-Interrupted (exit code 130, as shells report a process stopped by Ctrl-C)."""
+"""The exceptions unet_fast raises for a user's input, and the command line's handling of them.
+
+- InputError (a ValueError): a problem with what the caller passed -- a file, an option, a
+  checkpoint -- whose message says what and where. The Python API raises it (`fit`,
+  `unet_fast.predict`, `unet_fast.load` ...); the command line prints it as one line,
+  `unet-fast CMD: error: ...`, with exit code 2.
+- Interrupted: Ctrl-C (or SIGTERM) stopped the work; the command line exits with 130.
+"""
 
 
-class CLIError(Exception):
+class InputError(ValueError):
     """A problem with the user's input (a file, an option, a checkpoint): message says what and where."""
+
+
+# The name this exception had when only the command line raised it; kept so `except CLIError` works.
+CLIError = InputError
 
 
 class Interrupted(KeyboardInterrupt):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import UNetLayers
+from unet_fast.models.architecture import UNetLayers
 
 
 def up_concat(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,

@@ -23,7 +23,7 @@ Examples:
 import os
 import sys
 
-from ..errors import CLIError
+from unet_fast.errors import InputError
 
 QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="float32", mode="full",
              provider="fused,eager", sets=2, warmup=1, repeats=3)
@@ -82,7 +82,7 @@ def _list(text, allowed, what):
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise CLIError(f"unknown {what} {', '.join(bad) or repr(text)}; choose from {', '.join(allowed)}")
+        raise InputError(f"unknown {what} {', '.join(bad) or repr(text)}; choose from {', '.join(allowed)}")
     return items
 
 
@@ -90,7 +90,7 @@ def _positive(args, names):
     for name in names:
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
 
 def resolve(args, device):
@@ -105,22 +105,22 @@ def resolve(args, device):
 
 
 def build_cases(args):
-    from . import cases as C
+    from unet_fast import cases as C
     names = _list(args.case, CASE_NAMES, "case") if args.case else (
         ["custom"] if args.shape else ["up3", "up2", "up1", "unet"])
     if "custom" in names and not args.shape:
-        raise CLIError("--case custom needs at least one --shape N,Cin,Cout,Cs,H,W")
+        raise InputError("--case custom needs at least one --shape N,Cin,Cout,Cs,H,W")
     try:
         steps = C.decoder_cases(args.batch, args.image_size, args.base_channels)
         custom = [C.parse_shape(s, "custom" if i == 0 else f"custom{i + 1}") for i, s in enumerate(args.shape)]
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise InputError(str(e)) from None
     chosen = [c for c in steps if c.name in names]
     if args.shape and (not args.case or "custom" in names):
         chosen += custom
     if "unet" in names:
         if args.model_size < 8:
-            raise CLIError(f"--model-size must be at least 8, got {args.model_size}")
+            raise InputError(f"--model-size must be at least 8, got {args.model_size}")
         chosen.append(C.ModelCase("unet", args.model_batch, args.model_size, args.base_channels))
     return chosen
 
@@ -139,16 +139,16 @@ def _run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import cases as C
-    from . import environment, report, roofline, runner
-    from . import providers as P
+    from unet_fast import cases as C
+    from unet_fast.bench import environment, report, roofline, runner
+    from unet_fast.bench import providers as P
 
     try:
         device = environment.pick_device(args.device)
     except RuntimeError as e:
-        raise CLIError(f"--device: {e}") from None
+        raise InputError(f"--device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda asked for, but torch sees no GPU")
+        raise InputError("--device cuda asked for, but torch sees no GPU")
     args = resolve(args, device)
     chosen = build_cases(args)
     dtypes = _list(args.dtype, tuple(C.DTYPES), "dtype")
@@ -165,12 +165,12 @@ def _run(args) -> int:
         torch.set_num_threads(args.threads)
     jobs = runner.plan(chosen, dtypes, layouts, modes, providers)
     if not jobs:
-        raise CLIError("the filters leave nothing to run")
+        raise InputError("the filters leave nothing to run")
 
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):  # say so now, not after an hour of measuring
-            raise CLIError(f"{option} {path}: folder {folder} does not exist")
+            raise InputError(f"{option} {path}: folder {folder} does not exist")
 
     if args.compile_mode:
         P.COMPILE_MODE = args.compile_mode

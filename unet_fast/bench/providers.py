@@ -13,9 +13,9 @@ never rewritten here.
 """
 import torch
 
-from .. import reference
-from ..model import UNet
-from ..up_concat_op import up_concat
+from unet_fast import reference
+from unet_fast.models.unet import UNet
+from unet_fast.ops.up_concat_op import up_concat
 
 PROVIDERS = ("fused", "eager", "compiled", "fused-compiled")
 STEP_PROVIDERS = ("fused", "eager", "compiled")

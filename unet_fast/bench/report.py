@@ -2,7 +2,7 @@
 and a speedup plot for the README."""
 import json
 
-from .cases import DTYPE_LABELS, MODE_LABELS
+from unet_fast.cases import DTYPE_LABELS, MODE_LABELS
 
 
 def _fmt(v, spec, none="-"):

@@ -75,7 +75,7 @@ def measure_copy_gbps(device: torch.device, mib: int = 256) -> float:
     Measured once per run: a large copy is the fastest any memory-bound op can go on this
     device, so it is a fairer 100% than a datasheet number (which no op reaches).
     """
-    from .timing import time_fn  # timing imports nothing from here; keeps the import one-way
+    from unet_fast.bench.timing import time_fn  # timing imports nothing from here; keeps the import one-way
     numel = mib * 2**20 // 4
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)

@@ -21,12 +21,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import reference
-from ..up_concat_op import uses_triton
-from . import cases as C
-from . import providers as P
-from . import roofline
-from .timing import peak_memory_mb, time_fn, time_interleaved_cpu
+from unet_fast import reference
+from unet_fast.ops.up_concat_op import uses_triton
+from unet_fast import cases as C
+from unet_fast.bench import providers as P
+from unet_fast.bench import roofline
+from unet_fast.bench.timing import peak_memory_mb, time_fn, time_interleaved_cpu
 
 
 @dataclass

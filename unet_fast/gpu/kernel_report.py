@@ -20,7 +20,7 @@ import datetime
 import json
 import sys
 
-from .errors import CLIError
+from unet_fast.errors import InputError
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
 LAYOUT_CHOICES = ("contiguous", "channels_last")
@@ -38,7 +38,7 @@ def _comma_list(text, choices, what):
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in choices]
     if bad or not items:
-        raise CLIError(f"{what} must be a comma list of {', '.join(choices)}, got {text!r}")
+        raise InputError(f"{what} must be a comma list of {', '.join(choices)}, got {text!r}")
     return items
 
 
@@ -81,24 +81,24 @@ def format_table(rows) -> str:
 
 
 def run(args) -> int:
-    from .bench.cases import decoder_cases
-    from .bench.environment import git_commit, triton_version
-    from .kernels.offline_target import parse_arch
+    from unet_fast.cases import decoder_cases
+    from unet_fast.bench.environment import git_commit, triton_version
+    from unet_fast.kernels.offline_target import parse_arch
     try:
         arches = [parse_arch(a) for a in (args.arch or ["sm_90"])]
     except ValueError as e:
-        raise CLIError(str(e)) from e
+        raise InputError(str(e)) from e
     cases = [c for c in decoder_cases(batch=8) if c.name in _comma_list(args.case, CASE_CHOICES, "--case")]
     dtypes = _comma_list(args.dtype, DTYPE_CHOICES, "--dtype")
     layouts = _comma_list(args.layout, LAYOUT_CHOICES, "--layout")
-    from .static_compile import compile_report
+    from unet_fast.gpu.static_compile import compile_report
     rows = []
     for arch in arches:
         try:
             arch_rows = compile_report(arch, cases, dtypes, layouts,
                                        progress=lambda s: print(f"compiled {s}", file=sys.stderr, flush=True))
         except RuntimeError as e:
-            raise CLIError(str(e)) from e
+            raise InputError(str(e)) from e
         rows += [dict(r, arch=f"sm_{arch}") for r in arch_rows]
     print("Static analysis (compiled on this machine for the GPU, not run, not timed); "
           f"triton {triton_version()}, commit {git_commit()}")

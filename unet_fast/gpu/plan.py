@@ -1,6 +1,6 @@
 """The decoder steps benchmarks/gpu_run.sh launches on a GPU, and the Triton cache made for them.
 
-    python -m unet_fast.gpu_plan record PLAN.json [--arch sm_90]
+    python -m unet_fast.gpu.plan record PLAN.json [--arch sm_90]
 
 records, without compiling, Triton's serialized specialization of every kernel and config those
 launches compile; benchmarks/build_triton_cache.py then compiles them under the GPU machines'
@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from .bench.cases import StepCase, decoder_cases
-from .check import CHECK_STEP
+from unet_fast.cases import StepCase, decoder_cases
+from unet_fast.check import CHECK_STEP
 
 # Odd sizes and channel counts: masks on every side, integers not divisible by 16.
 ODD_STEPS = (StepCase("odd1", 3, 37, 19, 11, 13, 7), StepCase("odd2", 1, 5, 3, 7, 1, 9))
@@ -28,7 +28,7 @@ LAUNCHES = (
 
 
 def record(capability: int) -> list:
-    from .static_compile import record_specializations
+    from unet_fast.gpu.static_compile import record_specializations
     specs = []
     for cases, dtypes, layouts in LAUNCHES:
         specs += record_specializations(capability, cases, dtypes, layouts)
@@ -36,14 +36,14 @@ def record(capability: int) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unet_fast.gpu_plan", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m unet_fast.gpu.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["record"])
     parser.add_argument("plan", help="JSON file to write")
     parser.add_argument("--arch", default="sm_90")
     args = parser.parse_args(argv)
     import triton
-    from .kernels.offline_target import parse_arch
+    from unet_fast.kernels.offline_target import parse_arch
     capability = parse_arch(args.arch)
     specs = record(capability)
     with open(args.plan, "w") as f:

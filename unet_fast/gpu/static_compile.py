@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .bench.cases import LAYOUTS
+from unet_fast.cases import LAYOUTS
 
 # "fp32" runs with TF32 off (the test suite's setting); "tf32" is float32 with PyTorch's default
 # cudnn.allow_tf32=True, which the op follows: two different compiled kernels.
@@ -88,7 +88,7 @@ class _Compiler:
     """The launch recorder: compiles each launch's kernel for every config it may run with."""
 
     def __init__(self, capability: int):
-        from .kernels.offline_target import SHARED_MEMORY_LIMIT
+        from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
         self.shared_limit = SHARED_MEMORY_LIMIT[capability]
         self.context = {}
         self.rows = []
@@ -124,7 +124,7 @@ def _empty(shape, dtype, fmt):
 
 def launch_decoder_step(case, dtype, fmt):
     """The forward and the backward launches of one decoder step, on empty tensors."""
-    from .kernels.up_concat_launch import up_concat_backward, up_concat_forward
+    from unet_fast.kernels.up_concat_launch import up_concat_backward, up_concat_forward
     x = _empty([case.n, case.cin, case.h, case.w], dtype, fmt)
     skip = _empty([case.n, case.cs, 2 * case.h, 2 * case.w], dtype, fmt)
     weight = torch.empty(case.cin, case.cout, 2, 2, dtype=dtype)
@@ -155,9 +155,9 @@ def _fresh_compile_settings(tf32: bool):
 
 def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> list:
     """One row per (kernel, case, dtype, layout, config) compiled for sm_<capability>."""
-    from .kernels.common import interpreting
-    from .kernels.offline_target import offline_target
-    from .kernels.up_concat_launch import recording_launches
+    from unet_fast.kernels.common import interpreting
+    from unet_fast.kernels.offline_target import offline_target
+    from unet_fast.kernels.up_concat_launch import recording_launches
     if interpreting():
         raise RuntimeError("TRITON_INTERPRET=1 is set: Triton would interpret the kernels instead of "
                            "compiling them; unset it to compile for a GPU")
@@ -179,8 +179,8 @@ def record_specializations(capability: int, cases, dtypes, layouts) -> list:
     `JITFunction.preload` takes), without compiling anything. benchmarks/build_triton_cache.py
     compiles them under the GPU machines' Python and Triton, whose cache keys differ from ours."""
     from triton import knobs
-    from .kernels.offline_target import offline_target
-    from .kernels.up_concat_launch import recording_launches
+    from unet_fast.kernels.offline_target import offline_target
+    from unet_fast.kernels.up_concat_launch import recording_launches
 
     specs = []
 

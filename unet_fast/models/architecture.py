@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_image_batch, check_input_dtype
+from unet_fast.models.input_checks import check_image_batch, check_input_dtype
 
 # Three 2x2 poolings: H and W must be multiples of 2**3 for the skips to line up.
 SIZE_MULTIPLE = 8

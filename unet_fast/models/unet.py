@@ -2,8 +2,8 @@
 import torch
 from torch import nn
 
-from .architecture import UNetLayers
-from .up_concat_op import up_concat
+from unet_fast.models.architecture import UNetLayers
+from unet_fast.ops.up_concat_op import up_concat
 
 
 class UNet(UNetLayers):

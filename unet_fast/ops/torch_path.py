@@ -8,7 +8,7 @@ its slice. The backward works on the same pixel-major views.
 """
 import torch
 
-from .kernels.layout import new_buffer, output_memory_format
+from unet_fast.ops.layout import new_buffer, output_memory_format
 
 
 def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:

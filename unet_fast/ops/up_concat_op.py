@@ -18,14 +18,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import torch_path
-from .kernels.layout import output_memory_format
-from .validation import check_up_concat_args
+from unet_fast.ops import torch_path
+from unet_fast.ops.layout import output_memory_format
+from unet_fast.ops.validation import check_up_concat_args
 
 try:
-    from .kernels import common as _triton_common
-    from .kernels.up_concat_launch import up_concat_backward as _triton_backward
-    from .kernels.up_concat_launch import up_concat_forward as _triton_forward
+    from unet_fast.kernels import common as _triton_common
+    from unet_fast.kernels.up_concat_launch import up_concat_backward as _triton_backward
+    from unet_fast.kernels.up_concat_launch import up_concat_forward as _triton_forward
 except ImportError as e:  # no Triton here, or one too old: the PyTorch path serves every device
     _triton_common = None
     if "Triton >=" in str(e):

@@ -4,46 +4,17 @@ import torch
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _require_tensor(name, value):
+def require_tensor(name, value):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-
-
-def check_image_batch(name: str, x, channels: int) -> None:
-    """A model input: a floating [N, channels, H, W] tensor."""
-    _require_tensor(name, x)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D tensor [N, {channels}, H, W], got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (dim 1) to match the model's "
-                         f"in_channels, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(x.shape)}")
-
-
-# The input dtypes torch.autocast casts for the convolutions (it never casts float64).
-AUTOCAST_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def check_input_dtype(name: str, x: torch.Tensor, param_dtype: torch.dtype, model: str,
-                      autocast: bool) -> None:
-    """A model input must have the parameters' dtype, unless autocast will cast it; checked
-    before anything runs, instead of the first convolution's raw dtype error."""
-    if x.dtype == param_dtype or (autocast and x.dtype in AUTOCAST_INPUT_DTYPES):
-        return
-    raise TypeError(f"{name} is {x.dtype} but {model}'s parameters are {param_dtype}; they must "
-                    f"match outside torch.autocast (which casts float32 and 16-bit inputs, never "
-                    f"float64): pass {name}.to({param_dtype}) or convert the model with .to({x.dtype})")
 
 
 def check_up_concat_args(x, skip, weight, bias, relu) -> None:
     """Validate `up_concat`'s arguments; raise TypeError/ValueError naming the argument."""
     for name, value in (("x", x), ("skip", skip), ("weight", weight)):
-        _require_tensor(name, value)
+        require_tensor(name, value)
     if bias is not None:
-        _require_tensor("bias", bias)
+        require_tensor("bias", bias)
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
 

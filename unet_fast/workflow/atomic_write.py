@@ -15,11 +15,11 @@ import re
 import tempfile
 from typing import Callable, Iterable
 
-from .errors import CLIError
+from unet_fast.errors import InputError
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message squeezed onto one line, for CLIError messages."""
+    """An exception's message squeezed onto one line, for InputError messages."""
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
@@ -35,7 +35,7 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(base), suffix=".tmp", dir=folder)
     except OSError as e:
-        raise CLIError(f"cannot write {path}: {one_line(e)}") from e
+        raise InputError(f"cannot write {path}: {one_line(e)}") from e
     os.close(fd)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
@@ -52,7 +52,7 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise CLIError(f"cannot write {path}: {one_line(e)}") from e
+            raise InputError(f"cannot write {path}: {one_line(e)}") from e
         raise
 
 
@@ -101,15 +101,15 @@ def remove_stale_temporaries(folder) -> None:
 
 
 def refuse_to_overwrite(paths: Iterable, how_to_replace: str) -> None:
-    """CLIError naming the first of `paths` that already exists; `how_to_replace` tells the way
+    """InputError naming the first of `paths` that already exists; `how_to_replace` tells the way
     to allow it (the option that does). Called before any work, so nothing is replaced unasked."""
     for path in paths:
         if os.path.lexists(path):
-            raise CLIError(f"{os.fspath(path)} already exists; {how_to_replace}")
+            raise InputError(f"{os.fspath(path)} already exists; {how_to_replace}")
 
 
 def prepare_output_dir(path) -> str:
-    """Create `path` (and parents) and prove it is writable, or raise CLIError; returns the path.
+    """Create `path` (and parents) and prove it is writable, or raise InputError; returns the path.
 
     Called before training or prediction starts, so an unwritable --out fails in a second, not
     after an hour of training. Only the folder (and its missing parents) is created; temporary
@@ -117,14 +117,14 @@ def prepare_output_dir(path) -> str:
     """
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise CLIError(f"output folder {path} exists and is not a folder")
+        raise InputError(f"output folder {path} exists and is not a folder")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=_temporary_prefix("write-test"), suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CLIError(f"cannot write to output folder {path}: {one_line(e)}") from e
+        raise InputError(f"cannot write to output folder {path}: {one_line(e)}") from e
     remove_stale_temporaries(path)
     return path
 
@@ -133,6 +133,6 @@ def check_output_file(path) -> str:
     """Check that a single output file can be created (its folder exists or can be made)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CLIError(f"output file {path} is a folder")
+        raise InputError(f"output file {path} is a folder")
     prepare_output_dir(os.path.dirname(os.path.abspath(path)))
     return path

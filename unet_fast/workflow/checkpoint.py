@@ -18,9 +18,9 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .atomic_write import atomic_write, one_line
-from .errors import CLIError
-from .model import UNet
+from unet_fast.workflow.atomic_write import atomic_write, one_line
+from unet_fast.errors import InputError
+from unet_fast.models.unet import UNet
 
 FORMAT = "unet_fast.checkpoint"
 VERSION = 1
@@ -36,7 +36,7 @@ def model_config(model, class_names) -> dict:
 def save(path, payload: dict) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then a rename.
 
-    A full disk or a failing write ends in CLIError naming `path`; the file it would have
+    A full disk or a failing write ends in InputError naming `path`; the file it would have
     replaced is kept and the temporary file removed."""
     payload = dict(payload, format=FORMAT, version=VERSION)
     atomic_write(path, lambda tmp: _torch_save(payload, tmp))
@@ -52,26 +52,26 @@ def _torch_save(payload: dict, path: str) -> None:
 
 
 def read(path, map_location="cpu") -> dict:
-    """Load and sanity-check a checkpoint (CLIError, naming the file, if it is not one of ours)."""
+    """Load and sanity-check a checkpoint (InputError, naming the file, if it is not one of ours)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise CLIError(f"checkpoint {path} not found")
+        raise InputError(f"checkpoint {path} not found")
     if os.path.isdir(path):
-        raise CLIError(f"checkpoint {path} is a folder, not a file")
+        raise InputError(f"checkpoint {path} is a folder, not a file")
     try:
         with warnings.catch_warnings():
             # torch warns about old pickle protocols on stderr: keep the error to one line.
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a pickle, forbidden global...: all mean unusable
-        raise CLIError(f"cannot read checkpoint {path}: {_why_unreadable(path, e)}") from e
+        raise InputError(f"cannot read checkpoint {path}: {_why_unreadable(path, e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CLIError(f"{path} is not a unet_fast checkpoint (written by `unet-fast train`)")
+        raise InputError(f"{path} is not a unet_fast checkpoint (written by `unet-fast train`)")
     config = ckpt.get("config")
     if not isinstance(config, dict) or any(k not in config for k in MODEL_KEYS + ("class_names",)):
-        raise CLIError(f"checkpoint {path} has no complete model configuration")
+        raise InputError(f"checkpoint {path} has no complete model configuration")
     if len(config["class_names"]) != config["out_channels"]:
-        raise CLIError(f"checkpoint {path} names {len(config['class_names'])} classes for "
+        raise InputError(f"checkpoint {path} names {len(config['class_names'])} classes for "
                        f"out_channels={config['out_channels']}")
     return ckpt
 
@@ -91,11 +91,11 @@ def _why_unreadable(path, error: Exception) -> str:
 
 
 def check_config(ckpt: dict, wanted: Dict[str, object], path) -> None:
-    """CLIError if the checkpoint was trained with another configuration than `wanted`."""
+    """InputError if the checkpoint was trained with another configuration than `wanted`."""
     config = ckpt["config"]
     diffs = [f"{k}={config.get(k)!r} (not {v!r})" for k, v in wanted.items() if config.get(k) != v]
     if diffs:
-        raise CLIError(f"checkpoint {path} is for another configuration: {', '.join(diffs)}")
+        raise InputError(f"checkpoint {path} is for another configuration: {', '.join(diffs)}")
 
 
 def build_model(ckpt: dict, path, model_class=UNet) -> torch.nn.Module:
@@ -104,11 +104,11 @@ def build_model(ckpt: dict, path, model_class=UNet) -> torch.nn.Module:
     try:
         model = model_class(**{k: config[k] for k in MODEL_KEYS})
     except (TypeError, ValueError) as e:
-        raise CLIError(f"checkpoint {path} has an invalid configuration: {one_line(e)}") from e
+        raise InputError(f"checkpoint {path} has an invalid configuration: {one_line(e)}") from e
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except (RuntimeError, KeyError, TypeError) as e:
-        raise CLIError(f"checkpoint {path}: its weights do not fit "
+        raise InputError(f"checkpoint {path}: its weights do not fit "
                        f"{model_class.__name__}({', '.join(f'{k}={config[k]}' for k in MODEL_KEYS)}): "
                        f"{one_line(e)[:300]}") from e
     model.class_names = list(config["class_names"])
@@ -119,7 +119,7 @@ def load(checkpoint, device: Optional[str] = None) -> UNet:
     """The UNet in `checkpoint` (a file written by `unet-fast train` or `demo`), in eval mode.
 
     `device` defaults to the CPU. The class names are in `model.class_names`. Raises
-    unet_fast.errors.CLIError (one line, naming the file) if the file is missing or not a
+    unet_fast.errors.InputError (one line, naming the file) if the file is missing or not a
     unet_fast checkpoint.
     """
     ckpt = read(checkpoint)

@@ -11,7 +11,7 @@ Folder layout:
     ROOT/masks/NAME.png  or  ROOT/masks/NAME_mask.png  (or .gif, as in the Carvana data)
 Masks hold class indices 0..num_classes-1, as grayscale ("L") or palette ("P") images. Every
 pair is read once up front, so a corrupt file, a size mismatch or an out-of-range class value
-is reported (CLIError, naming the file) before anything is trained or written.
+is reported (InputError, naming the file) before anything is trained or written.
 """
 import argparse
 import math
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic_write import one_line
-from .errors import CLIError
+from unet_fast.workflow.atomic_write import one_line
+from unet_fast.errors import InputError
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -118,7 +118,7 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
 
     def __init__(self, count: int, size: Tuple[int, int] = (64, 64), seed: int = 0, first_index: int = 0):
         if count < 1:
-            raise CLIError(f"the built-in data set needs at least 1 sample, got {count}")
+            raise InputError(f"the built-in data set needs at least 1 sample, got {count}")
         self.class_names = list(SYNTHETIC_CLASSES)
         self.seed, self.size = seed, tuple(size)
         pairs = [synthetic_sample(seed, size[0], size[1], first_index + i) for i in range(count)]
@@ -165,11 +165,11 @@ def to_8_bit(image: Image.Image, what: str) -> Image.Image:
     low, high = values.min(), values.max()
     if image.mode in FLOAT_MODES:
         if not np.isfinite(values).all():
-            raise CLIError(f"{what} holds NaN or infinite values; a float image must be finite")
+            raise InputError(f"{what} holds NaN or infinite values; a float image must be finite")
         scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
     else:
         if low < 0 or high > 65535:
-            raise CLIError(f"{what} holds values from {low:.0f} to {high:.0f}; integer images are "
+            raise InputError(f"{what} holds values from {low:.0f} to {high:.0f}; integer images are "
                            "read as 16-bit (0..65535): convert it to 8 or 16 bits")
         scaled = values / 257
     return Image.fromarray(np.rint(scaled).astype(np.uint8))
@@ -179,13 +179,13 @@ def read_image(path, mode: str = "RGB") -> Image.Image:
     """Open and fully decode an image (so a truncated file fails here), upright as its EXIF
     orientation says, deeper than 8 bits scaled by `to_8_bit`, and converted to `mode`."""
     if not os.path.exists(path):
-        raise CLIError(f"image {path} not found")
+        raise InputError(f"image {path} not found")
     try:
         with Image.open(path) as im:
             im.load()
             return to_8_bit(ImageOps.exif_transpose(im), f"image {path}").convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise CLIError(f"cannot read image {path}: {one_line(e)}") from e
+        raise InputError(f"cannot read image {path}: {one_line(e)}") from e
 
 
 def mask_array(path) -> np.ndarray:
@@ -205,11 +205,11 @@ def mask_array(path) -> np.ndarray:
                 rgb = np.asarray(im.convert("RGB"))
                 if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
                     return rgb[..., 0].copy()  # a grayscale mask saved as RGB
-                raise CLIError(f"mask {path} is a colour image; masks must hold class indices "
+                raise InputError(f"mask {path} is a colour image; masks must hold class indices "
                                "(grayscale or palette PNG)")
-            raise CLIError(f"mask {path} has unsupported image mode {im.mode}")
+            raise InputError(f"mask {path} has unsupported image mode {im.mode}")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise CLIError(f"cannot read mask {path}: {one_line(e)}") from e
+        raise InputError(f"cannot read mask {path}: {one_line(e)}") from e
 
 
 def check_mask_values(path, mask: np.ndarray, num_classes: int) -> None:
@@ -217,23 +217,23 @@ def check_mask_values(path, mask: np.ndarray, num_classes: int) -> None:
         return
     found = np.unique(mask)
     shown = ", ".join(str(v) for v in found[:12]) + (", ..." if len(found) > 12 else "")
-    raise CLIError(f"mask {path} holds values outside [0, {num_classes}) (values found: {shown}); "
+    raise InputError(f"mask {path} holds values outside [0, {num_classes}) (values found: {shown}); "
                    f"masks must hold class indices 0..{num_classes - 1}")
 
 
 def _listdir(folder: str, what: str) -> List[str]:
     if not os.path.isdir(folder):
-        raise CLIError(f"{what} folder {folder} not found")
+        raise InputError(f"{what} folder {folder} not found")
     try:
         return sorted(os.listdir(folder))
     except OSError as e:
-        raise CLIError(f"cannot read folder {folder}: {one_line(e)}") from e
+        raise InputError(f"cannot read folder {folder}: {one_line(e)}") from e
 
 
 def find_pairs(root: str) -> List[Tuple[str, str]]:
     """(image path, mask path) for every image in ROOT/images, matched by stem (or stem_mask)."""
     if not os.path.isdir(root):
-        raise CLIError(f"data folder {root} not found")
+        raise InputError(f"data folder {root} not found")
     image_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
     images = [f for f in _listdir(image_dir, "images") if f.lower().endswith(IMAGE_EXTENSIONS)]
     masks = {}
@@ -242,19 +242,19 @@ def find_pairs(root: str) -> List[Tuple[str, str]]:
         if ext.lower() in MASK_EXTENSIONS:
             masks.setdefault(stem, []).append(f)
     if not images:
-        raise CLIError(f"no images in {image_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise InputError(f"no images in {image_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     pairs, stems = [], {}
     for f in images:
         stem = os.path.splitext(f)[0]
         if stem in stems:
-            raise CLIError(f"two images share the name {stem!r}: {stems[stem]} and {f} in {image_dir}")
+            raise InputError(f"two images share the name {stem!r}: {stems[stem]} and {f} in {image_dir}")
         stems[stem] = f
         found = masks.get(stem, []) + masks.get(stem + "_mask", [])
         if not found:
-            raise CLIError(f"image {os.path.join(image_dir, f)} has no mask "
+            raise InputError(f"image {os.path.join(image_dir, f)} has no mask "
                            f"(looked for {stem}.png or {stem}_mask.png in {mask_dir})")
         if len(found) > 1:
-            raise CLIError(f"image {os.path.join(image_dir, f)} has several masks: {', '.join(found)}")
+            raise InputError(f"image {os.path.join(image_dir, f)} has several masks: {', '.join(found)}")
         pairs.append((os.path.join(image_dir, f), os.path.join(mask_dir, found[0])))
     return pairs
 
@@ -269,7 +269,7 @@ class FolderSegmentation(torch.utils.data.Dataset):
         self.root, self.size = root, tuple(size) if size else None
         self.class_names = list(class_names) if class_names else [f"class{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
-            raise CLIError(f"{len(self.class_names)} class names given for {num_classes} classes")
+            raise InputError(f"{len(self.class_names)} class names given for {num_classes} classes")
         self.pairs = find_pairs(root)
         self._sizes = []
         for image_path, mask_path in tqdm(self.pairs, desc="checking data", unit="image",
@@ -277,7 +277,7 @@ class FolderSegmentation(torch.utils.data.Dataset):
             image = read_image(image_path)
             mask = mask_array(mask_path)
             if mask.shape != (image.height, image.width):
-                raise CLIError(f"image {image_path} is {image.width}x{image.height} but its mask "
+                raise InputError(f"image {image_path} is {image.width}x{image.height} but its mask "
                                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
             check_mask_values(mask_path, mask, num_classes)
             self._sizes.append((image.height, image.width))
@@ -309,7 +309,7 @@ class FolderSegmentation(torch.utils.data.Dataset):
 def split_indices(count: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
     """A seeded shuffle cut into (train, validation); at least one training sample."""
     if not 0 <= val_fraction < 1:
-        raise CLIError(f"--val-split must be in [0, 1), got {val_fraction}")
+        raise InputError(f"--val-split must be in [0, 1), got {val_fraction}")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(int(round(count * val_fraction)), count - 1)
     if val_fraction > 0 and n_val == 0 and count > 1:
@@ -345,7 +345,7 @@ class Augmented(torch.utils.data.Dataset):
             ch, cw = self.crop
             h, w = mask.shape
             if ch > h or cw > w:
-                raise CLIError(f"--crop {ch}x{cw} is larger than sample {self.indices[i]} ({h}x{w})")
+                raise InputError(f"--crop {ch}x{cw} is larger than sample {self.indices[i]} ({h}x{w})")
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             image, mask = image[:, top:top + ch, left:left + cw], mask[top:top + ch, left:left + cw]
         if self.flip and rng.random() < 0.5:

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic_write import prepare_output_dir, refuse_to_overwrite
-from .data import SYNTHETIC_CLASSES, synthetic_sample
-from .errors import Interrupted
-from .metrics import confusion_matrix, format_scores, scores
-from .overlay import overlay, save_mask_and_overlay, save_png
-from .plots import plot_predictions
-from .predict import predict
-from .train import RUN_FILES, TrainOptions, fit, flush_denormals
+from unet_fast.workflow.atomic_write import prepare_output_dir, refuse_to_overwrite
+from unet_fast.workflow.data import SYNTHETIC_CLASSES, synthetic_sample
+from unet_fast.errors import Interrupted
+from unet_fast.workflow.metrics import confusion_matrix, format_scores, scores
+from unet_fast.workflow.overlay import overlay, save_mask_and_overlay, save_png
+from unet_fast.workflow.plots import plot_predictions
+from unet_fast.workflow.predict import predict
+from unet_fast.workflow.train import RUN_FILES, TrainOptions, fit, flush_denormals
 
 # Tuned so that 2 CPU cores finish in well under 3 minutes with a validation mean Dice >= 0.9.
 DEMO_TRAINING = dict(samples=512, image_size=(64, 64), base_channels=16, batch_size=8, lr=3e-3,

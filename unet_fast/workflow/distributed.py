@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .errors import CLIError
+from unet_fast.errors import InputError
 
 
 @dataclass
@@ -38,23 +38,23 @@ def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name or default_device())
     except RuntimeError:  # torch's message lists twenty device types; the usual ones suffice
-        raise CLIError(f"unknown device {name!r} (use cpu, cuda or cuda:INDEX)") from None
+        raise InputError(f"unknown device {name!r} (use cpu, cuda or cuda:INDEX)") from None
     if device.type == "meta":  # torch accepts it, but its tensors have shapes and no values
-        raise CLIError(f"device {name} holds no data and cannot train or predict "
+        raise InputError(f"device {name} holds no data and cannot train or predict "
                        "(use cpu, cuda or cuda:INDEX)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise CLIError(f"device {name} requested but CUDA is not available here")
+            raise InputError(f"device {name} requested but CUDA is not available here")
         if device.index is None:  # one GPU per process under torchrun
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         elif device.index >= torch.cuda.device_count():
-            raise CLIError(f"device {name} requested but this machine has "
+            raise InputError(f"device {name} requested but this machine has "
                            f"{torch.cuda.device_count()} GPU(s)")
     elif device.type != "cpu":
         try:  # mps, xpu, ...: known to torch, but maybe not built in or not present here
             torch.empty(0, device=device)
         except (RuntimeError, AssertionError):
-            raise CLIError(f"device {name} is not available here (this torch build or machine "
+            raise InputError(f"device {name} is not available here (this torch build or machine "
                            "lacks it)") from None
     return device
 
@@ -98,7 +98,7 @@ def any_rank(ctx: Context, flag: bool) -> bool:
 
 
 def agree_on_error(ctx: Context, message: Optional[str]) -> None:
-    """Raise CLIError on every rank if rank 0 found `message` (e.g. an unwritable --out folder).
+    """Raise InputError on every rank if rank 0 found `message` (e.g. an unwritable --out folder).
 
     Checks only rank 0 makes must be shared, or the other ranks would wait forever at the next
     collective while rank 0 exits.
@@ -108,4 +108,4 @@ def agree_on_error(ctx: Context, message: Optional[str]) -> None:
         dist.broadcast_object_list(box, src=0)
         message = box[0]
     if message:
-        raise CLIError(message)
+        raise InputError(message)

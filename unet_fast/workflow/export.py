@@ -19,10 +19,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import checkpoint
-from .atomic_write import atomic_write, check_output_file, one_line, refuse_to_overwrite
-from .errors import CLIError
-from .reference import ReferenceUNet
+from unet_fast.workflow import checkpoint
+from unet_fast.workflow.atomic_write import atomic_write, check_output_file, one_line, refuse_to_overwrite
+from unet_fast.errors import InputError
+from unet_fast.reference import ReferenceUNet
 
 # Any size serves every size (the model always pads and crops, by 0 at multiples of 8); an odd
 # one is kept so the check below runs the padding too.
@@ -41,10 +41,10 @@ except ImportError:  # a private module: if a torch version moves it, the value 
 
 
 def check_opset(opset: int) -> None:
-    """CLIError for an opset the export cannot use, before the exporter runs (it would fail
+    """InputError for an opset the export cannot use, before the exporter runs (it would fail
     only after tracing, with the whole graph printed)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise CLIError(f"--opset {opset} is not supported: it must be between {MIN_OPSET} and "
+        raise InputError(f"--opset {opset} is not supported: it must be between {MIN_OPSET} and "
                        f"{MAX_OPSET} (the model's dynamic padding needs {MIN_OPSET}; {MAX_OPSET} is "
                        f"the newest this torch {torch.__version__} exports)")
 
@@ -104,7 +104,7 @@ def check_with_onnxruntime(path, model: ReferenceUNet):
     try:
         session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # e.g. an opset newer than the installed onnxruntime knows
-        raise CLIError(f"onnxruntime {onnxruntime.__version__} cannot load the exported model: "
+        raise InputError(f"onnxruntime {onnxruntime.__version__} cannot load the exported model: "
                        f"{one_line(e)[:300]}") from e
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def check_with_onnxruntime(path, model: ReferenceUNet):
             want = model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         if got.shape != want.shape:
-            raise CLIError(f"ONNX model {path} gives shape {got.shape} for input {tuple(x.shape)}, "
+            raise InputError(f"ONNX model {path} gives shape {got.shape} for input {tuple(x.shape)}, "
                            f"PyTorch {want.shape}")
         worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
     return worst
@@ -136,7 +136,7 @@ def run(args) -> int:
     try:
         import onnx  # noqa: F401  (torch.onnx.export serialises through it)
     except ImportError:
-        raise CLIError("ONNX export needs the onnx package: pip install 'unet_fast[onnx]'") from None
+        raise InputError("ONNX export needs the onnx package: pip install 'unet_fast[onnx]'") from None
     check_output_file(args.onnx)
     if not args.overwrite:
         refuse_to_overwrite([args.onnx], "pass --overwrite to replace it")
@@ -146,15 +146,15 @@ def run(args) -> int:
     def verify(tmp):
         checked["error"] = err = check_with_onnxruntime(tmp, model)
         if err is not None and err > TOLERANCE:
-            raise CLIError(f"onnxruntime output differs from PyTorch by {err:.1e} (relative) on "
+            raise InputError(f"onnxruntime output differs from PyTorch by {err:.1e} (relative) on "
                            f"{shapes}; {args.onnx} not written")
 
     try:
         export_onnx(model, args.onnx, args.opset, verify=None if args.no_check else verify)
-    except CLIError:
+    except InputError:
         raise
     except Exception as e:  # an exporter failure: nothing was written (atomic_write cleaned up)
-        raise CLIError(f"ONNX export of {args.checkpoint} failed: {one_line(e)[:300]}") from e
+        raise InputError(f"ONNX export of {args.checkpoint} failed: {one_line(e)[:300]}") from e
     print(f"wrote {args.onnx} (opset {args.opset}; input 'image' float32 [N, {model.in_channels}, H, W] "
           f"in [0, 1], output 'logits' [N, {model.out_channels}, H, W]; classes: "
           f"{', '.join(model.class_names)})")

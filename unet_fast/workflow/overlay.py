@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .atomic_write import atomic_write
+from unet_fast.workflow.atomic_write import atomic_write
 
 # Background black; then distinct, saturated colours (tab10 order, most visible first).
 _BASE = [(0, 0, 0), (255, 56, 56), (56, 201, 56), (52, 120, 255), (255, 205, 0), (200, 80, 255),

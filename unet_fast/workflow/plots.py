@@ -8,7 +8,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .atomic_write import atomic_write
+from unet_fast.workflow.atomic_write import atomic_write
 
 
 def _figure(width: float, height: float):

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoint
-from .atomic_write import prepare_output_dir, refuse_to_overwrite
-from .data import read_image, to_8_bit
-from .distributed import resolve_device
-from .errors import CLIError
-from .overlay import save_mask_and_overlay
+from unet_fast.workflow import checkpoint
+from unet_fast.workflow.atomic_write import prepare_output_dir, refuse_to_overwrite
+from unet_fast.workflow.data import read_image, to_8_bit
+from unet_fast.workflow.distributed import resolve_device
+from unet_fast.errors import InputError
+from unet_fast.workflow.overlay import save_mask_and_overlay
 
 # How far (in pixels) an output pixel of the 3-pooling U-Net sees: measured as the largest
 # extent of d(output pixel)/d(input) over all 8 pooling phases. A tile's logits are exact
@@ -115,33 +115,33 @@ def _is_integer(value) -> bool:
 
 
 def check_tiling(tile: int, overlap: int, name: Callable[[str], str] = str) -> int:
-    """The stride between tiles (a multiple of 8), or CLIError for an unusable tile/overlap
+    """The stride between tiles (a multiple of 8), or InputError for an unusable tile/overlap
     (`name` spells an argument as the caller's user knows it: `tile`, or `--tile` on the CLI)."""
     if not _is_integer(tile) or tile < 2 * ALIGN:
-        raise CLIError(f"{name('tile')} must be an integer of at least {2 * ALIGN} pixels, got {tile!r}")
+        raise InputError(f"{name('tile')} must be an integer of at least {2 * ALIGN} pixels, got {tile!r}")
     if not _is_integer(overlap) or overlap < 0:
-        raise CLIError(f"{name('overlap')} must be an integer >= 0, got {overlap!r}")
+        raise InputError(f"{name('overlap')} must be an integer >= 0, got {overlap!r}")
     stride = (tile - overlap) // ALIGN * ALIGN
     if stride < ALIGN:
-        raise CLIError(f"{name('overlap')} {overlap} leaves tiles of {tile} pixels no room to "
+        raise InputError(f"{name('overlap')} {overlap} leaves tiles of {tile} pixels no room to "
                        f"advance: it must be at most {tile - ALIGN}")
     return stride
 
 
 def check_options(tile: Optional[int], overlap: Optional[int], batch_size: int, amp: Optional[str],
                   name: Callable[[str], str] = str) -> None:
-    """CLIError naming the argument for any prediction setting that cannot be used as given.
+    """InputError naming the argument for any prediction setting that cannot be used as given.
 
     Checked before any image is read, so `predict(model, x, tile=0)` is an error rather than a
     silent single pass, and `amp="bf17"` an error rather than full precision."""
     if tile is not None:
         check_tiling(tile, default_overlap(tile) if overlap is None else overlap, name)
     elif overlap is not None:
-        raise CLIError(f"{name('overlap')} is the overlap between tiles: it needs {name('tile')}")
+        raise InputError(f"{name('overlap')} is the overlap between tiles: it needs {name('tile')}")
     if not _is_integer(batch_size) or batch_size < 1:
-        raise CLIError(f"{name('batch_size')} must be an integer >= 1, got {batch_size!r}")
+        raise InputError(f"{name('batch_size')} must be an integer >= 1, got {batch_size!r}")
     if amp is not None and amp not in AMP_DTYPES:
-        raise CLIError(f"{name('amp')} must be None, 'bf16' or 'fp16', got {amp!r}")
+        raise InputError(f"{name('amp')} must be None, 'bf16' or 'fp16', got {amp!r}")
 
 
 def option_flag(name: str) -> str:
@@ -201,7 +201,7 @@ def predict(model, image, *, tile: Optional[int] = None, overlap: Optional[int] 
     2 * 51 + 8 = 110 up the result equals a single pass); amp="bf16" or "fp16" runs under autocast.
     A path is read as `unet-fast predict` reads it (EXIF orientation applied, 16-bit and float
     images scaled to 8 bits); a PIL image is taken as it is, scaled the same way. An unusable
-    tile, overlap, batch_size or amp raises unet_fast.errors.CLIError naming the argument.
+    tile, overlap, batch_size or amp raises unet_fast.errors.InputError naming the argument.
     """
     was_training = model.training
     model.eval()
@@ -251,20 +251,20 @@ def add_arguments(parser) -> None:
 
 
 def _output_paths(out: str, images: Sequence[str]) -> List[Tuple[str, str]]:
-    """(OUT/NAME_mask.png, OUT/NAME_overlay.png) for each input; CLIError if two inputs share a
+    """(OUT/NAME_mask.png, OUT/NAME_overlay.png) for each input; InputError if two inputs share a
     NAME, or if an output would replace one of the inputs (which --overwrite does not allow)."""
     paths, seen = [], {}
     inputs = {os.path.realpath(p) for p in images}
     for p in images:
         stem = os.path.splitext(os.path.basename(p))[0]
         if stem in seen:
-            raise CLIError(f"inputs {seen[stem]} and {p} would both write {stem}_mask.png; "
+            raise InputError(f"inputs {seen[stem]} and {p} would both write {stem}_mask.png; "
                            "rename one or predict them into separate folders")
         seen[stem] = p
         pair = (os.path.join(out, f"{stem}_mask.png"), os.path.join(out, f"{stem}_overlay.png"))
         for written in pair:
             if os.path.realpath(written) in inputs:
-                raise CLIError(f"the output {written} would replace an input image; "
+                raise InputError(f"the output {written} would replace an input image; "
                                "predict into another --out folder")
         paths.append(pair)
     return paths
@@ -272,7 +272,7 @@ def _output_paths(out: str, images: Sequence[str]) -> List[Tuple[str, str]]:
 
 def _check_alpha(alpha: float) -> None:
     if not 0 <= alpha <= 1:  # NaN fails too
-        raise CLIError(f"--alpha is the overlay's opacity and must be in [0, 1], got {alpha}")
+        raise InputError(f"--alpha is the overlay's opacity and must be in [0, 1], got {alpha}")
 
 
 def run(args) -> int:
@@ -281,7 +281,7 @@ def run(args) -> int:
     model = checkpoint.build_model(ckpt, args.checkpoint)
     class_names = model.class_names
     if model.in_channels not in (1, 3):
-        raise CLIError(f"checkpoint {args.checkpoint} expects {model.in_channels}-channel images; "
+        raise InputError(f"checkpoint {args.checkpoint} expects {model.in_channels}-channel images; "
                        "predict reads RGB or grayscale files")
     check_options(args.tile, args.overlap, args.batch_size, args.amp, name=option_flag)
     if args.tile is not None and args.overlap is None:

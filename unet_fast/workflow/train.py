@@ -21,14 +21,14 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from . import checkpoint, distributed
-from .atomic_write import atomic_write_text, prepare_output_dir, refuse_to_overwrite
-from .data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
+from unet_fast.workflow import checkpoint, distributed
+from unet_fast.workflow.atomic_write import atomic_write_text, prepare_output_dir, refuse_to_overwrite
+from unet_fast.workflow.data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
                    split_indices, to_model_input)
-from .errors import CLIError, Interrupted
-from .metrics import confusion_matrix, format_scores, scores, segmentation_loss
-from .model import UNet
-from .plots import plot_curves
+from unet_fast.errors import InputError, Interrupted
+from unet_fast.workflow.metrics import confusion_matrix, format_scores, scores, segmentation_loss
+from unet_fast.models.unet import UNet
+from unet_fast.workflow.plots import plot_curves
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Options that shape the data stream or the optimisation: a resumed run that changes one of
@@ -59,7 +59,7 @@ class TrainOptions:
     device: Optional[str] = None
     out: str = "runs/train"
     resume: Optional[str] = None     # a checkpoint path, or "last" for OUT/last.pt
-    overwrite: bool = False          # replace an earlier run's files in `out` (else CLIError)
+    overwrite: bool = False          # replace an earlier run's files in `out` (else InputError)
     seed: int = 0
     workers: int = 0
     progress: Optional[bool] = None  # tqdm bars; None: only when stderr is a terminal
@@ -113,22 +113,22 @@ def build_dataset(opts: TrainOptions, progress):
 def _check_options(opts: TrainOptions) -> None:
     for name in ("epochs", "batch_size", "base_channels", "samples", "num_classes"):
         if getattr(opts, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
     # Each must be a finite number: --lr inf trains to NaN weights, and NaN passes no `<` test.
     if not (math.isfinite(opts.lr) and opts.lr > 0):
-        raise CLIError(f"--lr must be a positive finite number, got {opts.lr}")
+        raise InputError(f"--lr must be a positive finite number, got {opts.lr}")
     if not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
-        raise CLIError(f"--weight-decay must be a finite number >= 0, got {opts.weight_decay}")
+        raise InputError(f"--weight-decay must be a finite number >= 0, got {opts.weight_decay}")
     if opts.amp not in (None, *AMP_DTYPES):
-        raise CLIError(f"--amp must be bf16 or fp16, got {opts.amp!r}")
+        raise InputError(f"--amp must be bf16 or fp16, got {opts.amp!r}")
     if opts.workers < 0:
-        raise CLIError(f"--workers must be >= 0, got {opts.workers}")
+        raise InputError(f"--workers must be >= 0, got {opts.workers}")
 
 
 def _loaders(opts, dataset, ctx, train_idx, val_idx):
     sizes = dataset.sizes()
     if not opts.crop and len({sizes[i] for i in train_idx}) > 1:
-        raise CLIError(f"the images in {opts.data} differ in size; give --image-size or --crop "
+        raise InputError(f"the images in {opts.data} differ in size; give --image-size or --crop "
                        "so training batches can be stacked")
     if opts.crop:
         # Checked here, not when the sample is drawn: in a DataLoader worker the error would
@@ -138,7 +138,7 @@ def _loaders(opts, dataset, ctx, train_idx, val_idx):
             h, w = sizes[i]
             if ch > h or cw > w:
                 resized = " after --image-size" if opts.image_size else ""
-                raise CLIError(f"--crop {ch}x{cw} is larger than {dataset.names[i]} ({h}x{w}{resized})")
+                raise InputError(f"--crop {ch}x{cw} is larger than {dataset.names[i]} ({h}x{w}{resized})")
     train_set = Augmented(dataset, train_idx, crop=opts.crop, flip=opts.flip, seed=opts.seed)
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                                   shuffle=True, seed=opts.seed)
@@ -216,9 +216,9 @@ def _warn_changed_options(opts, train_state: dict, world_size: int, log) -> None
 def fit(opts: TrainOptions) -> dict:
     """Train as `opts` says; returns the history, the best scores, the paths and the model.
 
-    Bad options or data raise CLIError before anything is written; so does an --out folder that
+    Bad options or data raise InputError before anything is written; so does an --out folder that
     holds another run, unless opts.overwrite. Ctrl-C raises Interrupted (a KeyboardInterrupt)
-    saying where to resume; a non-finite loss or weights stop training with CLIError, keeping
+    saying where to resume; a non-finite loss or weights stop training with InputError, keeping
     the last good checkpoint.
     """
     _check_options(opts)
@@ -241,7 +241,7 @@ def _resume_path(opts: TrainOptions) -> Optional[str]:
 
 
 def _check_no_other_run(opts: TrainOptions) -> None:
-    """CLIError naming a file of an earlier run in --out that this run would replace, unless
+    """InputError naming a file of an earlier run in --out that this run would replace, unless
     --overwrite, or --resume continues that very run (its checkpoint is in --out)."""
     resume = _resume_path(opts)
     if opts.overwrite or (resume and os.path.realpath(os.path.dirname(os.path.abspath(resume)))
@@ -253,13 +253,13 @@ def _check_no_other_run(opts: TrainOptions) -> None:
 
 
 def _on_main_rank(ctx: distributed.Context, check: Callable[[], None]) -> None:
-    """Run a check of the output folder on rank 0 (the rank that writes) and raise its CLIError
+    """Run a check of the output folder on rank 0 (the rank that writes) and raise its InputError
     on every rank, so that no rank is left waiting for the others."""
     problem = None
     if ctx.is_main:
         try:
             check()
-        except CLIError as e:
+        except InputError as e:
             problem = str(e)
     distributed.agree_on_error(ctx, problem)
 
@@ -281,7 +281,7 @@ def _train_epoch(net, loader, optimizer, scaler, opts, ctx, epoch: int, step: in
                  last_good: str, progress) -> Tuple[float, int, int, float]:
     """One pass over the training data: (sum of losses x batch size, sample count, step, last lr).
 
-    A NaN or Inf loss (on any rank) stops it with CLIError before that step's update is applied,
+    A NaN or Inf loss (on any rank) stops it with InputError before that step's update is applied,
     so the weights in memory and on disk stay those of the last good step and epoch."""
     loss_sum, count, lr = 0.0, 0, opts.lr
     bar = _bar(loader, progress, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch")
@@ -298,7 +298,7 @@ def _train_epoch(net, loader, optimizer, scaler, opts, ctx, epoch: int, step: in
             if distributed.any_rank(ctx, not math.isfinite(value)):
                 what = (f"the loss is {value}" if not math.isfinite(value)
                         else "another process's loss is not finite")
-                raise CLIError(f"training diverged at epoch {epoch + 1}, step {step + 1} (batch {batch + 1} "
+                raise InputError(f"training diverged at epoch {epoch + 1}, step {step + 1} (batch {batch + 1} "
                                f"of {len(loader)}): {what}, so training stopped before applying it; "
                                f"{last_good}; try a lower --lr (now {opts.lr:g})")
             optimizer.zero_grad(set_to_none=True)
@@ -345,7 +345,7 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
         ckpt = checkpoint.read(resume_path)  # CPU; load_state_dict moves it
         checkpoint.check_config(ckpt, config, resume_path)
         if "train" not in ckpt:
-            raise CLIError(f"checkpoint {resume_path} has no training state to resume from "
+            raise InputError(f"checkpoint {resume_path} has no training state to resume from "
                            "(best.pt holds weights only; resume from last.pt)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["train"]["optimizer"])
@@ -411,7 +411,7 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
             # The ranks' weights are equal (DDP), so they all take this decision alike.
             broken = _first_non_finite(model)
             if broken:
-                raise CLIError(f"training diverged in epoch {epoch + 1}: weight {broken} is not finite, "
+                raise InputError(f"training diverged in epoch {epoch + 1}: weight {broken} is not finite, "
                                f"so this epoch was not saved; {_last_good(paths['last'], saved_epoch)}; "
                                f"try a lower --lr (now {opts.lr:g})")
             if ctx.is_main:
@@ -503,7 +503,7 @@ def add_arguments(parser) -> None:
 
 def options_from_args(args) -> TrainOptions:
     if args.data == "builtin" and (args.num_classes is not None or args.class_names):
-        raise CLIError("--num-classes and --class-names describe a --data folder; the built-in "
+        raise InputError("--num-classes and --class-names describe a --data folder; the built-in "
                        f"set has its own classes ({', '.join(SYNTHETIC_CLASSES)})")
     num_classes = args.num_classes or (len(args.class_names) if args.class_names else 2)
     return TrainOptions(
