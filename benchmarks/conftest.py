@@ -47,7 +47,7 @@ def bench_cases(config):
 
 
 def bench_dtypes():
-    return list(C.DTYPES) if DEVICE.type == "cuda" else ["float32"]
+    return list(C.BENCH_DTYPES) if DEVICE.type == "cuda" else ["fp32"]
 
 
 def bench_providers(config):

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from unet_fast import names
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 OUT = os.path.join(HERE, "RESULTS.md")
@@ -22,16 +24,15 @@ NM = "not measured"
 H100_COPY_GBPS = 3000.0
 STEPS = (("up3", 512, 256, 256, 64), ("up2", 256, 128, 128, 128), ("up1", 128, 64, 64, 256))
 MODE = {"forward": "fwd", "backward": "bwd", "full": "fwd+bwd"}
-DT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 ORDER = ("eager", "fused", "compiled", "fused-compiled")
 # gpt-fast's waterfall: one row per technique added on top of the previous one. For the decoder
 # steps the last row is the fused op itself (a compiled up_concat is the same opaque op); for the
 # model it is UNet under torch.compile, i.e. the fused kernel on top of the compiled model.
-WATERFALL = (("eager fp32", "eager", "eager", "float32", "contiguous"),
-             ("+ bf16", "eager", "eager", "bfloat16", "contiguous"),
-             ("+ channels_last", "eager", "eager", "bfloat16", "channels_last"),
-             ("+ torch.compile", "compiled", "compiled", "bfloat16", "channels_last"),
-             ("+ fused kernel", "fused", "fused-compiled", "bfloat16", "channels_last"))
+WATERFALL = (("eager fp32", "eager", "eager", "fp32", "contiguous"),
+             ("+ bf16", "eager", "eager", "bf16", "contiguous"),
+             ("+ channels_last", "eager", "eager", "bf16", "channels_last"),
+             ("+ torch.compile", "compiled", "compiled", "bf16", "channels_last"),
+             ("+ fused kernel", "fused", "fused-compiled", "bf16", "channels_last"))
 
 
 STATIC = "static analysis"
@@ -47,6 +48,8 @@ def load():
         if "rows" not in doc:
             continue
         doc["file"] = os.path.relpath(path, HERE)
+        for row in doc["rows"]:  # older bench files spell dtypes as torch does ("bf16")
+            row["dtype"] = names.dtype_name(row["dtype"])
         docs.append(doc)
     return docs
 
@@ -143,7 +146,7 @@ def table(header, body):
 
 def waterfall(doc):
     rows = doc["rows"] if doc else []
-    base = find(rows, "unet", "eager", "float32", "contiguous", "full")
+    base = find(rows, "unet", "eager", "fp32", "contiguous", "full")
     body = []
     for label, step_p, model_p, dtype, layout in WATERFALL:
         steps = [cell(find(rows, s[0], step_p, dtype, layout, "full")) for s in STEPS]
@@ -151,7 +154,7 @@ def waterfall(doc):
         infer = find(rows, "unet", model_p, dtype, layout, "forward")
         speed = (f"{base['median_ms'] / train['median_ms']:.2f}x"
                  if base and train and base["status"] == train["status"] == "ok" else NM)
-        body.append([label, f"{step_p} / {model_p}", DT[dtype], layout, *steps, cell(train), cell(infer),
+        body.append([label, f"{step_p} / {model_p}", dtype, layout, *steps, cell(train), cell(infer),
                      speed, cell(infer, "rel_err", lambda v: f"{v:.1e}")])
     return table(["step", "provider (steps / UNet)", "dtype", "layout", "up3 fwd+bwd ms",
                   "up2 fwd+bwd ms", "up1 fwd+bwd ms", "UNet train step ms", "UNet inference ms",
@@ -164,10 +167,10 @@ def roofline_table(doc):
     body = []
     for name, cin, cout, h in ((s[0], s[1], s[2], s[4]) for s in STEPS):
         nbytes = forward_bytes(8, cin, cout, cout, h, h, 2)
-        fused = find(rows, name, "fused", "bfloat16", "channels_last", "forward")
+        fused = find(rows, name, "fused", "bf16", "channels_last", "forward")
         body.append([f"{name} {cin}->{cout} @{h}x{h}", f"x [8,{cin},{h},{h}] skip [8,{cout},{2*h},{2*h}]",
                      f"{nbytes / 1e6:.1f}", f"{nbytes / (H100_COPY_GBPS * 1e9) * 1e6:.1f}",
-                     *(cell(find(rows, name, p, "bfloat16", "channels_last", "forward")) for p in ("eager", "compiled")),
+                     *(cell(find(rows, name, p, "bf16", "channels_last", "forward")) for p in ("eager", "compiled")),
                      cell(fused), cell(fused, "pct_of_floor", lambda v: f"{v:.0f}%")])
     return table(["step", "shapes (batch 8)", "fwd MB (bf16)", "predicted floor us at 3.0 TB/s",
                   "eager ms", "compiled ms", "fused ms", "fused % of floor"], body)
@@ -189,7 +192,7 @@ def pivot(doc):
     for case, label, dtype, layout, mode in keys:
         shapes = next(r["shapes"] for r in rows if r["case_label"] == label)
         shape_text = ", ".join(f"{k} {v}" for k, v in shapes.items() if k in ("x", "skip", "image"))
-        line = [label, shape_text, DT[dtype], layout, MODE[mode]]
+        line = [label, shape_text, dtype, layout, MODE[mode]]
         for p in providers:
             r = find(rows, case, p, dtype, layout, mode)
             line.append(cell(r) if r else "-")
@@ -210,7 +213,7 @@ def cpu_target(doc, target=1.5):
     for r in doc["rows"]:
         if r["kind"] == "step" and r["provider"] == "fused" and r["mode"] == "forward" and r["speedup_vs_eager"]:
             verdict = "meets" if r["speedup_vs_eager"] >= target else "**misses**"
-            out.append(f"{r['case']} {DT[r['dtype']]} {r['layout']}: {r['speedup_vs_eager']:.2f}x ({verdict})")
+            out.append(f"{r['case']} {r['dtype']} {r['layout']}: {r['speedup_vs_eager']:.2f}x ({verdict})")
     return f"Target fused >= {target}x eager, forward: " + "; ".join(out) + "." if out else ""
 
 

@@ -10,6 +10,7 @@ import itertools
 import torch
 
 from unet_fast import cases as C
+from unet_fast import names
 from unet_fast.bench import runner
 from unet_fast.bench.environment import device_name
 from unet_fast.reference import TOLERANCES
@@ -30,13 +31,13 @@ def test_bench(benchmark, bench_job, device):
 
     # A fast wrong answer is no result: the row's forward output (first input set) must be as
     # close to the float64 reference as the tests require of its dtype, in relative norm.
-    rtol = TOLERANCES[C.DTYPES[dtype]][0]
+    rtol = TOLERANCES[names.torch_dtype(dtype)][0]
     assert bench.rel_err is not None, "the row measured no error"
     assert bench.rel_err <= rtol, (
         f"{provider} on {case.label} {dtype} {layout} {mode}: relative error {bench.rel_err:.2e} "
         f"against the float64 reference, over {dtype}'s tolerance {rtol:.0e}")
     call()  # compile / autotune before pytest-benchmark's calibration
-    nbytes = case.nbytes(mode, C.DTYPES[dtype])
+    nbytes = case.nbytes(mode, names.torch_dtype(dtype))
     benchmark.group = f"{case.label} {dtype} {layout} {mode}"
     benchmark.extra_info.update(shapes=case.shapes(), provider=provider, bytes=nbytes,
                                 rel_err=bench.rel_err, device=device_name(device),

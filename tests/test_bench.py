@@ -40,7 +40,7 @@ def test_quick_run_writes_json_and_plot(tmp_path, pytorch_path):
     assert {r["case"] for r in rows} == {"up1", "custom", "unet"}
     for r in rows:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
-        assert r["mode"] == "full" and r["dtype"] == "float32"
+        assert r["mode"] == "full" and r["dtype"] == "fp32"
         if r["provider"] in ("compiled", "fused-compiled"):
             # opt-in on the CPU: present in the table, with a note that says why it is empty
             assert r["status"] == "skipped" and "--compile" in r["note"] and r["median_ms"] is None
@@ -82,7 +82,7 @@ def test_backward_bytes_count_each_tensor_once():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dtype", "float8"], "unknown dtype"),
+    (["--dtype", "float8"], "--dtype: unknown 'float8'"),
     (["--case", "custom"], "needs at least one --shape"),
     (["--shape", "1,2,3"], "six positive integers"),
     (["--batch", "0"], "--batch must be at least 1"),

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from unet_fast import ReferenceUNet, UNet, up_concat
-from unet_fast.cases import decoder_cases
-from unet_fast.gpu.plan import ODD_STEPS
+from unet_fast import names
+from unet_fast.cases import ODD_STEPS, decoder_cases
 from helpers import DEVICE, assert_close_to_reference, randn, select_path
 from test_up_concat_backward import grads_against_reference
 
@@ -21,8 +21,8 @@ ON_GPU = DEVICE.type == "cuda"
 # The steps' channel counts and sizes on a GPU; on the CPU the same three steps at base 4 from a
 # 32x32 image (the interpreter runs one program at a time).
 STEPS = decoder_cases(batch=2) if ON_GPU else decoder_cases(batch=1, image_size=32, base_channels=4)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+DTYPES = {name: names.torch_dtype(name) for name in ("fp32", "bf16", "fp16")}
+FORMATS = {layout: names.memory_format(layout) for layout in names.LAYOUTS}
 
 
 def step_args(case, dtype, fmt):

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
+from unet_fast import names
 from unet_fast.bench import roofline
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+# The dtypes the benchmark times (names from unet_fast.names); float32 follows PyTorch's default
+# TF32 setting there, as a user's model would.
+BENCH_DTYPES = ("bf16", "fp16", "fp32")
+LAYOUTS = tuple(names.LAYOUTS)
 # Liger-Kernel's names: "full" is forward + backward in one timed call.
 MODES = ("forward", "backward", "full")
 MODE_LABELS = {"forward": "fwd", "backward": "bwd", "full": "fwd+bwd"}
-DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ class ModelCase:
         return None  # the encoder's convolutions are compute-bound: no single byte floor applies
 
 
+# x [2, 24, 9, 13], weight [24, 12, 2, 2], skip [2, 12, 18, 26]: small and odd, what
+# `unet-fast check` runs, quick on every path.
+CHECK_STEP = StepCase("check", 2, 24, 12, 12, 9, 13)
+# Odd sizes and channel counts: masks on every side, integers not divisible by 16 (the compiled
+# correctness tests and the GPU run's cache).
+ODD_STEPS = (StepCase("odd1", 3, 37, 19, 11, 13, 7), StepCase("odd2", 1, 5, 3, 7, 1, 9))
+
+
 def decoder_cases(batch: int = 8, image_size: int = 512, base_channels: int = 64):
     """The default UNet's three decoder steps for `batch` images of image_size x image_size."""
     if image_size % 8:
@@ -117,7 +127,7 @@ def step_weights(case: StepCase, dtype, device, requires_grad: bool, seed: int =
 def step_inputs(case: StepCase, dtype, layout: str, device, requires_grad: bool, seed: int):
     """(x, skip) for one input set, in `layout`."""
     gen = torch.Generator().manual_seed(1000 + seed)
-    fmt = LAYOUTS[layout]
+    fmt = names.memory_format(layout, 4)
     x = _randn([case.n, case.cin, case.h, case.w], dtype, device, gen).contiguous(memory_format=fmt)
     skip = _randn([case.n, case.cs, 2 * case.h, 2 * case.w], dtype, device, gen).contiguous(memory_format=fmt)
     return x.requires_grad_(requires_grad), skip.requires_grad_(requires_grad)
@@ -128,4 +138,4 @@ def model_inputs(case: ModelCase, dtype, layout: str, device, seed: int):
     gen = torch.Generator().manual_seed(2000 + seed)
     image = torch.rand(case.shapes()["image"], generator=gen).to(device=device, dtype=dtype)
     target = torch.randint(case.out_channels, case.shapes()["target"], generator=gen).to(device)
-    return image.contiguous(memory_format=LAYOUTS[layout]), target
+    return image.contiguous(memory_format=names.memory_format(layout, 4)), target

@@ -8,10 +8,7 @@ import torch
 from unet_fast import reference
 from unet_fast.models.unet import UNet
 from unet_fast.ops.up_concat_op import up_concat, uses_triton
-from unet_fast.cases import StepCase
-
-# x [2, 24, 9, 13], weight [24, 12, 2, 2], skip [2, 12, 18, 26]: small, odd, quick everywhere.
-CHECK_STEP = StepCase("check", 2, 24, 12, 12, 9, 13)
+from unet_fast.cases import CHECK_STEP
 
 
 def add_arguments(parser) -> None:

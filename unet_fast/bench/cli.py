@@ -17,19 +17,20 @@ defaults to the cores the load average leaves free (a shared machine otherwise g
 Examples:
     unet-fast bench --quick                           # well under a minute on a 2-core CPU
     unet-fast bench --json benchmarks/results/h100.json --plot speedup.png
-    unet-fast bench --case up1 --dtype bfloat16 --layout channels_last --mode full
+    unet-fast bench --case up1 --dtype bf16 --layout channels_last --mode full
     unet-fast bench --shape 4,256,128,128,96,96 --provider fused,eager
 """
 import os
 import sys
 
+from unet_fast import names
 from unet_fast.errors import InputError
 
-QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="float32", mode="full",
+QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="fp32", mode="full",
              provider="fused,eager", sets=2, warmup=1, repeats=3)
-CPU = dict(batch=1, image_size=512, model_batch=1, model_size=64, dtype="float32",
+CPU = dict(batch=1, image_size=512, model_batch=1, model_size=64, dtype="fp32",
            mode="forward,backward,full", provider="all", sets=2, warmup=2, repeats=5)
-GPU = dict(batch=8, image_size=512, model_batch=8, model_size=512, dtype="bfloat16,float16,float32",
+GPU = dict(batch=8, image_size=512, model_batch=8, model_size=512, dtype="bf16,fp16,fp32",
            mode="forward,backward,full", provider="all", sets=3, warmup=None, repeats=None)
 CASE_NAMES = ("up3", "up2", "up1", "unet", "custom")
 
@@ -44,7 +45,7 @@ def add_arguments(parser) -> None:
                                   "only the given shapes)")
     g.add_argument("--shape", action="append", default=[], metavar="N,Cin,Cout,Cs,H,W",
                    help="an extra decoder step (x [N,Cin,H,W], skip [N,Cs,2H,2W]); repeatable")
-    g.add_argument("--dtype", help="comma list of bfloat16, float16, float32, or 'all' "
+    g.add_argument("--dtype", help="comma list of bf16, fp16, fp32 (or bfloat16, float16, float32), or 'all' "
                                    "(default: all on a GPU, float32 on the CPU)")
     g.add_argument("--layout", default="contiguous,channels_last", help="contiguous, channels_last")
     g.add_argument("--mode", help="comma list of forward, backward, full (= forward+backward)")
@@ -76,14 +77,11 @@ def add_arguments(parser) -> None:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _list(text, allowed, what):
-    if text == "all":
-        return list(allowed)
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise InputError(f"unknown {what} {', '.join(bad) or repr(text)}; choose from {', '.join(allowed)}")
-    return items
+def _choices(text, allowed, option, canonical=None):
+    try:
+        return names.parse_list(text, allowed, option, canonical)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _positive(args, names):
@@ -106,7 +104,7 @@ def resolve(args, device):
 
 def build_cases(args):
     from unet_fast import cases as C
-    names = _list(args.case, CASE_NAMES, "case") if args.case else (
+    names = _choices(args.case, CASE_NAMES, "--case") if args.case else (
         ["custom"] if args.shape else ["up3", "up2", "up1", "unet"])
     if "custom" in names and not args.shape:
         raise InputError("--case custom needs at least one --shape N,Cin,Cout,Cs,H,W")
@@ -151,10 +149,10 @@ def _run(args) -> int:
         raise InputError("--device cuda asked for, but torch sees no GPU")
     args = resolve(args, device)
     chosen = build_cases(args)
-    dtypes = _list(args.dtype, tuple(C.DTYPES), "dtype")
-    layouts = _list(args.layout, tuple(C.LAYOUTS), "layout")
-    modes = _list(args.mode, C.MODES, "mode")
-    providers = _list(args.provider, P.PROVIDERS, "provider")
+    dtypes = _choices(args.dtype, C.BENCH_DTYPES, "--dtype", names.dtype_name)
+    layouts = _choices(args.layout, C.LAYOUTS, "--layout", names.layout_name)
+    modes = _choices(args.mode, C.MODES, "--mode")
+    providers = _choices(args.provider, P.PROVIDERS, "--provider")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # do_bench and the peak-memory counters use the current GPU
     threads_reason = "--threads" if args.threads else "torch's default"
@@ -172,12 +170,11 @@ def _run(args) -> int:
         if folder and not os.path.isdir(folder):  # say so now, not after an hour of measuring
             raise InputError(f"{option} {path}: folder {folder} does not exist")
 
-    if args.compile_mode:
-        P.COMPILE_MODE = args.compile_mode
     meta = environment.metadata(device)
     cfg = runner.RunConfig(device=device, n_sets=args.sets, cpu_warmup=args.warmup or 0,
                            cpu_repeats=args.repeats or 1, gpu_rep_ms=args.rep_ms,
-                           allow_compile_on_cpu=args.compile)
+                           allow_compile_on_cpu=args.compile,
+                           compile_mode=args.compile_mode or P.DEFAULT_COMPILE_MODE)
     measured = roofline.measure_copy_gbps(device)
     known = roofline.known_copy_ceiling_gbps(meta["device_name"])
     if args.bandwidth:
@@ -194,14 +191,14 @@ def _run(args) -> int:
                 timer=("triton.testing.do_bench, quantiles [0.5, 0.2, 0.8]" if device.type == "cuda" else
                        f"time.perf_counter, {cfg.cpu_warmup} warm-up + median of {cfg.cpu_repeats}, "
                        "the providers of a row group in turns"),
-                compile_mode=P.COMPILE_MODE,
+                compile_mode=cfg.compile_mode,
                 options={k: v for k, v in vars(args).items() if not k.startswith("_")})
 
     print(f"unet-fast bench: {len(jobs)} rows on {meta['device_name']}", file=sys.stderr)
     with tqdm(total=len(jobs), desc="bench", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
         rows = runner.run_all(jobs, cfg, progress=bar)
     meta["loadavg_end"] = environment.loadavg()
-    print(report.format_table(rows, meta))
+    print(report.format_bench_table(rows, meta))
     if args.json:
         report.write_json(args.json, rows, meta)
         print(f"wrote {args.json}", file=sys.stderr)

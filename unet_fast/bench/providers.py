@@ -22,9 +22,10 @@ STEP_PROVIDERS = ("fused", "eager", "compiled")
 MODEL_PROVIDERS = PROVIDERS
 COMPILED = ("compiled", "fused-compiled")
 BASELINE = "eager"
-# No CUDA graphs: they would hide launch overhead for compiled providers only, and the fused op
-# is called eagerly; max-autotune still lets Inductor pick its best GEMM/conv configurations.
-COMPILE_MODE = "max-autotune-no-cudagraphs"
+# The default torch.compile mode of the compiled providers (RunConfig.compile_mode). No CUDA
+# graphs: they would hide launch overhead for compiled providers only, and the fused op is called
+# eagerly; max-autotune still lets Inductor pick its best GEMM/conv configurations.
+DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 
 def providers_for(case) -> tuple:
@@ -40,27 +41,28 @@ def describe(provider: str, case) -> str:
             "fused-compiled": "torch.compile(UNet)"}[provider]
 
 
-def _compile(fn):
+def _compile(fn, mode: str):
     # Dynamo caches compiled code per Python code object, and every row compiles the same
     # function for a new dtype/layout/shape: past the recompile limit it would silently run
     # eagerly, and after a second shape it would switch to dynamic shapes. A reset per row and
     # dynamic=False give each row its own static-shape compilation.
     torch._dynamo.reset()
-    return torch.compile(fn, mode=COMPILE_MODE, dynamic=False)
+    return torch.compile(fn, mode=mode, dynamic=False)
 
 
-def step_impl(provider: str):
+def step_impl(provider: str, compile_mode: str = DEFAULT_COMPILE_MODE):
     """fn(x, skip, weight, bias) -> out for a decoder-step provider."""
     if provider == "fused":
         return up_concat
     if provider == "eager":
         return reference.up_concat
     if provider == "compiled":
-        return _compile(reference.up_concat)
+        return _compile(reference.up_concat, compile_mode)
     raise ValueError(f"provider {provider!r} has no decoder-step implementation")
 
 
-def build_model(provider: str, case, dtype, layout_format, device, seed: int = 0):
+def provider_model(provider: str, case, dtype, layout_format, device, seed: int = 0,
+                   compile_mode: str = DEFAULT_COMPILE_MODE):
     """(module, runnable): the provider's model, with weights identical across providers
     (ReferenceUNet's init), and what to call (the module, or its torch.compile wrapper)."""
     torch.manual_seed(seed)
@@ -71,7 +73,7 @@ def build_model(provider: str, case, dtype, layout_format, device, seed: int = 0
     else:
         model = ref
     model = model.to(device=device, dtype=dtype, memory_format=layout_format)
-    return model, (_compile(model) if provider in COMPILED else model)
+    return model, (_compile(model, compile_mode) if provider in COMPILED else model)
 
 
 def reference_model_fp64(case, state_dict, device):

@@ -2,7 +2,7 @@
 and a speedup plot for the README."""
 import json
 
-from unet_fast.cases import DTYPE_LABELS, MODE_LABELS
+from unet_fast.cases import MODE_LABELS
 
 
 def _fmt(v, spec, none="-"):
@@ -40,7 +40,7 @@ COLUMNS = ["dtype", "layout", "mode", "provider", "median ms", "q20-q80 ms", "sp
 def row_cells(r: dict) -> list:
     spread = f"{_ms(r['q20_ms'])}-{_ms(r['q80_ms'])}" if r.get("q20_ms") is not None else "-"
     note = r["note"] if r["status"] == "ok" else f"{r['status']}: {r['note']}"
-    return [DTYPE_LABELS.get(r["dtype"], r["dtype"]), r["layout"], MODE_LABELS[r["mode"]],
+    return [r["dtype"], r["layout"], MODE_LABELS[r["mode"]],
             r["provider"], _ms(r["median_ms"]), spread,
             _fmt(r["speedup_vs_eager"], ".2f") + ("x" if r["speedup_vs_eager"] else ""),
             _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"), _fmt(r["gbps"], ".1f"),
@@ -48,7 +48,7 @@ def row_cells(r: dict) -> list:
             _fmt(r["rel_err"], ".1e"), note]
 
 
-def format_table(rows, meta) -> str:
+def format_bench_table(rows, meta) -> str:
     """Plain-text table grouped by case, each group headed by its shapes."""
     lines = header_lines(meta)
     for label in dict.fromkeys(r["case_label"] for r in rows):
@@ -79,7 +79,7 @@ def plot_speedups(path, rows, meta) -> None:
 
     ok = [r for r in rows if r["status"] == "ok" and r["speedup_vs_eager"] and r["provider"] != "eager"]
     labels = list(dict.fromkeys(r["case_label"] for r in rows))
-    config = lambda r: f"{DTYPE_LABELS[r['dtype']]}\n{r['layout']}\n{MODE_LABELS[r['mode']]}"  # noqa: E731
+    config = lambda r: f"{r['dtype']}\n{r['layout']}\n{MODE_LABELS[r['mode']]}"  # noqa: E731
     fig, axes = plt.subplots(len(labels), 1, figsize=(10, 3.2 * len(labels) + 0.6), squeeze=False)
     for ax, label in zip(axes[:, 0], labels):
         group = [r for r in ok if r["case_label"] == label]

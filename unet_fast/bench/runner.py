@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from unet_fast import reference
 from unet_fast.ops.up_concat_op import uses_triton
 from unet_fast import cases as C
+from unet_fast import names
 from unet_fast.bench import providers as P
 from unet_fast.bench import roofline
 from unet_fast.bench.timing import peak_memory_mb, time_fn, time_interleaved_cpu
@@ -39,6 +40,7 @@ class RunConfig:
     gpu_rep_ms: int = 100
     ceiling_gbps: Optional[float] = None
     allow_compile_on_cpu: bool = False
+    compile_mode: str = P.DEFAULT_COMPILE_MODE  # torch.compile mode of the compiled providers
 
 
 def plan(cases, dtypes, layouts, modes, providers):
@@ -84,9 +86,9 @@ def fused_path_name(device: torch.device) -> str:
 class _StepBench:
     """A decoder-step provider and its weights; `calls(seeds)` builds one callable per input set."""
 
-    def __init__(self, case, dtype, layout, mode, provider, device):
+    def __init__(self, case, dtype, layout, mode, provider, device, compile_mode):
         self.case, self.dtype, self.layout, self.mode, self.device = case, dtype, layout, mode, device
-        self.fn = P.step_impl(provider)  # compiled once per row; every input set reuses it
+        self.fn = P.step_impl(provider, compile_mode)  # compiled once per row; every input set reuses it
         self.weight, self.bias = C.step_weights(case, dtype, device, requires_grad=mode != "forward")
         self.rel_err = None
 
@@ -125,9 +127,10 @@ class _StepBench:
 class _ModelBench:
     """A model provider; `calls(seeds)` builds one callable per input set (image, target)."""
 
-    def __init__(self, case, dtype, layout, mode, provider, device):
+    def __init__(self, case, dtype, layout, mode, provider, device, compile_mode):
         self.case, self.dtype, self.layout, self.mode, self.device = case, dtype, layout, mode, device
-        self.raw, self.model = P.build_model(provider, case, dtype, C.LAYOUTS[layout], device)
+        self.raw, self.model = P.provider_model(provider, case, dtype, names.memory_format(layout, 4), device,
+                                                compile_mode=compile_mode)
         self.raw.train(mode == "full")
         self.rel_err = None
 
@@ -159,11 +162,11 @@ class _ModelBench:
         return call
 
 
-def prepare(case, dtype_name, layout, mode, provider, device):
+def prepare(case, dtype_name, layout, mode, provider, device, compile_mode=P.DEFAULT_COMPILE_MODE):
     """The provider set up for a job; `.calls(seeds)` gives one timed callable per input set,
     `.rel_err` the error of the first set's output (pytest-benchmark uses this too)."""
     cls = _StepBench if case.kind == "step" else _ModelBench
-    return cls(case, C.DTYPES[dtype_name], layout, mode, provider, device)
+    return cls(case, names.torch_dtype(dtype_name), layout, mode, provider, device, compile_mode)
 
 
 def _new_row(job, cfg: RunConfig) -> dict:
@@ -174,7 +177,7 @@ def _new_row(job, cfg: RunConfig) -> dict:
     return dict(case=case.name, case_label=case.label, kind=case.kind, shapes=case.shapes(),
                 dtype=dtype_name, layout=layout, mode=mode, provider=provider, impl=impl,
                 status="ok", note="", median_ms=None, q20_ms=None, q80_ms=None, min_ms=None, timer=None,
-                speedup_vs_eager=None, bytes=case.nbytes(mode, C.DTYPES[dtype_name]), gbps=None,
+                speedup_vs_eager=None, bytes=case.nbytes(mode, names.torch_dtype(dtype_name)), gbps=None,
                 pct_of_floor=None, peak_mb=None, rel_err=None, n_sets=cfg.n_sets)
 
 
@@ -194,7 +197,7 @@ def _set_up(row: dict, job, cfg: RunConfig):
                                           "max-autotune compiles take minutes on 2 cores")
         return None
     try:
-        bench = prepare(case, dtype_name, layout, mode, provider, device)
+        bench = prepare(case, dtype_name, layout, mode, provider, device, cfg.compile_mode)
         # Set 0 alone first, so the peak-memory figure counts one set's inputs, not all of them.
         calls = bench.calls([0])
         row["rel_err"] = bench.rel_err

@@ -20,10 +20,11 @@ import datetime
 import json
 import sys
 
+from unet_fast import names
 from unet_fast.errors import InputError
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
-LAYOUT_CHOICES = ("contiguous", "channels_last")
+LAYOUT_CHOICES = tuple(names.LAYOUTS)
 CASE_CHOICES = ("up3", "up2", "up1")
 # Spill bytes per thread allowed in a launchable config. Zero: every config in kernels/configs.py
 # was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
@@ -34,12 +35,11 @@ COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), 
            ("compile_s", "{:.1f}"))
 
 
-def _comma_list(text, choices, what):
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in choices]
-    if bad or not items:
-        raise InputError(f"{what} must be a comma list of {', '.join(choices)}, got {text!r}")
-    return items
+def _choices(text, choices, option, canonical=None):
+    try:
+        return names.parse_list(text, choices, option, canonical)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def add_arguments(parser) -> None:
@@ -70,7 +70,7 @@ def problems(rows, max_spill: int) -> list:
     return found
 
 
-def format_table(rows) -> str:
+def format_static_table(rows) -> str:
     head = [name for name, _ in COLUMNS]
     cells = [[("-" if r.get(k) is None else fmt.format(r[k])) if not r.get("error") or k in head[:5]
               else "ERROR" for k, fmt in COLUMNS] for r in rows]
@@ -88,9 +88,9 @@ def run(args) -> int:
         arches = [parse_arch(a) for a in (args.arch or ["sm_90"])]
     except ValueError as e:
         raise InputError(str(e)) from e
-    cases = [c for c in decoder_cases(batch=8) if c.name in _comma_list(args.case, CASE_CHOICES, "--case")]
-    dtypes = _comma_list(args.dtype, DTYPE_CHOICES, "--dtype")
-    layouts = _comma_list(args.layout, LAYOUT_CHOICES, "--layout")
+    cases = [c for c in decoder_cases(batch=8) if c.name in _choices(args.case, CASE_CHOICES, "--case")]
+    dtypes = _choices(args.dtype, DTYPE_CHOICES, "--dtype", names.dtype_name)
+    layouts = _choices(args.layout, LAYOUT_CHOICES, "--layout", names.layout_name)
     from unet_fast.gpu.static_compile import compile_report
     rows = []
     for arch in arches:
@@ -104,7 +104,7 @@ def run(args) -> int:
           f"triton {triton_version()}, commit {git_commit()}")
     for arch in arches:
         print(f"\nsm_{arch}:")
-        print(format_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
+        print(format_static_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
     found = problems(rows, args.max_spill)
     if args.json:
         meta = dict(kind="static analysis: compiled for the GPU on a CPU, not run, not timed",

@@ -14,11 +14,7 @@ import argparse
 import json
 import sys
 
-from unet_fast.cases import StepCase, decoder_cases
-from unet_fast.check import CHECK_STEP
-
-# Odd sizes and channel counts: masks on every side, integers not divisible by 16.
-ODD_STEPS = (StepCase("odd1", 3, 37, 19, 11, 13, 7), StepCase("odd2", 1, 5, 3, 7, 1, 9))
+from unet_fast.cases import CHECK_STEP, ODD_STEPS, decoder_cases
 # What each group of launches runs in (tf32: float32 with PyTorch's default cudnn.allow_tf32).
 LAUNCHES = (
     (decoder_cases(batch=8), ("fp32", "tf32", "bf16", "fp16"), ("contiguous", "channels_last")),

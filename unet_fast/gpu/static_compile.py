@@ -15,13 +15,8 @@ import time
 
 import torch
 
-from unet_fast.cases import LAYOUTS
+from unet_fast import names
 
-# "fp32" runs with TF32 off (the test suite's setting); "tf32" is float32 with PyTorch's default
-# cudnn.allow_tf32=True, which the op follows: two different compiled kernels.
-DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
-          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
-          "fp64": (torch.float64, False)}  # float64 only gradchecks, with fixed small tiles
 KERNEL_NAMES = {"up_concat_forward_kernel": "forward", "up_concat_backward_input_kernel": "backward_input",
                 "up_concat_backward_weight_kernel": "backward_weight"}
 
@@ -163,12 +158,12 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
                            "compiling them; unset it to compile for a GPU")
     compiler = _Compiler(capability)
     for dtype_name in dtypes:
-        dtype, tf32 = DTYPES[dtype_name]
+        dtype, tf32 = names.DTYPES[dtype_name]
         with _fresh_compile_settings(tf32), offline_target(capability), recording_launches(compiler):
             for layout in layouts:
                 for case in cases:
                     compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
-                    launch_decoder_step(case, dtype, LAYOUTS[layout])
+                    launch_decoder_step(case, dtype, names.memory_format(layout))
                     if progress:
                         progress(f"sm_{capability} {dtype_name} {layout} {case.name}")
     return compiler.rows
@@ -192,12 +187,12 @@ def record_specializations(capability: int, cases, dtypes, layouts) -> list:
     knobs.runtime.jit_cache_hook = record
     try:
         for dtype_name in dtypes:
-            dtype, torch.backends.cudnn.allow_tf32 = DTYPES[dtype_name]
+            dtype, torch.backends.cudnn.allow_tf32 = names.DTYPES[dtype_name]
             # Each warmup stops at the hook, which records the specialization and skips the compile.
             with offline_target(capability), recording_launches(compile_launch):
                 for layout in layouts:
                     for case in cases:
-                        launch_decoder_step(case, dtype, LAYOUTS[layout])
+                        launch_decoder_step(case, dtype, names.memory_format(layout))
     finally:
         knobs.runtime.jit_cache_hook, torch.backends.cudnn.allow_tf32 = saved_hook, saved_tf32
     unique = {s["specialization"]: s for s in specs}
