@@ -29,6 +29,11 @@ setup(
         # onnx + onnxruntime so that the suite also checks `unet-fast export` end to end.
         "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"],
         "onnx": ["onnx", "onnxruntime"],
+        # The libraries `unet_fast.fuse` is checked against (tests/test_fuse_*.py). nnU-Net's
+        # dynamic-network-architectures==0.4.4 is not listed: it requires timm, whose torchvision
+        # pins another torch. Install it beside this extra with
+        # `pip install --no-deps dynamic-network-architectures==0.4.4` (einops is its one other need).
+        "interop": ["monai==1.6.1", "einops"],
     },
     entry_points={"console_scripts": ["unet-fast=unet_fast.cli:main"]},
 )

@@ -7,7 +7,8 @@
 # Parts, in order of value; each writes its files into $OUT (the folder the device tool hands
 # back) the moment it ends, so a run cut short still returns what it finished, and a part that
 # cannot finish inside the budget (GPU_RUN_BUDGET_S, default 480 s) is not started:
-#   1 env       versions, nvidia-smi, unet-fast check
+#   1 env       versions, nvidia-smi, the Triton cache's identity against this Triton's, unet-fast check
+#               and how many of its kernels the carried cache held
 #   2 tests     pytest -m gpu: compiled correctness (tests/test_gpu.py, torch.compile of UNet)
 #   3 steps     decoder steps, batch 8, bf16 channels_last fwd/bwd/fwd+bwd, fused vs eager vs
 #               torch.compile; fp32 contiguous forward
@@ -22,27 +23,54 @@
 #
 # The GPU machines run Python 3.12 and Triton 3.6.0 and reach no registry. Compiling our kernels
 # there would cost minutes of the window, so --dry-run compiles them here into .triton-cache
-# (git-ignored) with that Python and that Triton, for exactly the launches the run makes
-# (unet_fast/gpu/plan.py); the run reports how many of our kernels it still had to compile.
+# (git-ignored) with that Python and that Triton, for exactly the launches the run makes: the plan
+# is recorded by running each part's own code on this CPU (unet_fast/gpu/plan.py, record.py); the
+# run reports how many of our kernels it still had to compile. A cache built by another Triton
+# (another triton_key() or ptxas) would miss everything: the env part says so in its first
+# seconds and the run stops after the env and tests parts instead of compiling for minutes.
+# Exit status: 0 when every part that ran passed; 1 when one failed (or the install did); 2 usage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 BUDGET_S=${GPU_RUN_BUDGET_S:-480}
+CACHE=${GPU_RUN_CACHE:-$REPO/.triton-cache}  # the carried cache (tests point it elsewhere)
 GPU_TRITON=3.6.0
 GPU_PYTHON=3.12
-# name  estimated seconds (warm H100, kernels from the cache)  what
+# Triton's own ptxas, before anything runs: torch 2.11's cu130 wheel ships torch/bin/ptxas and
+# Inductor's first compile points TRITON_PTXAS_PATH at it; the ptxas version is part of Triton's
+# cache key, so kernels compiled after that would miss the carried cache.
+triton_ptxas() {
+    python3 -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))' 2>/dev/null
+}
+# name  estimated seconds (warm H100/H200, kernels from the cache)  what
 PARTS=(
-    "env      40  versions, nvidia-smi, unet-fast check"
+    "env      40  versions, nvidia-smi, Triton cache identity, python3 -m unet_fast check"
     "tests    120 pytest -m gpu: compiled correctness, torch.compile of UNet, offsets past 2**31, a training step"
     "steps    200 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows"
     "model    60  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
     "compiled 150 UNet 512x512 b8 bf16 channels_last under torch.compile (ReferenceUNet, UNet)"
 )
 
-dry_run() {
-    echo "gpu_run.sh --dry-run: the GPU run's parts (budget ${BUDGET_S} s of run time on a warm GPU;"
-    echo "estimates from the row counts: ~1 s per benchmark row, ~15 s per torch.compile, ~3 s per test):"
-    local total=0
+count_our_kernels() {  # compiled up_concat kernels in the cache
+    find "$CACHE" -name 'up_concat_*.cubin' 2>/dev/null | wc -l
+}
+
+count_launchers() {  # Triton's C launchers (one per kernel signature, built with gcc at first launch)
+    find "$CACHE" -name '__triton_launcher*.so' 2>/dev/null | wc -l
+}
+
+planned_for() {  # planned_for PART: kernels the carried cache's plan holds for PART
+    python3 - "$1" "$CACHE/unet_fast_plan.json" <<'PY' 2>/dev/null || echo 0
+import json, sys
+plan = json.load(open(sys.argv[2]))
+print(sum(sys.argv[1] in s.get("parts", ()) for s in plan["specializations"]))
+PY
+}
+
+print_plan() {
+    echo "the GPU run's parts (budget ${BUDGET_S} s of run time on a warm GPU; estimates from the row"
+    echo "counts: ~1 s per benchmark row, ~15 s per torch.compile, ~3 s per test):"
+    local total=0 p name est what
     for p in "${PARTS[@]}"; do
         read -r name est what <<<"$p"
         if [ $((total + est)) -le "$BUDGET_S" ]; then
@@ -53,9 +81,15 @@ dry_run() {
         fi
     done
     echo "  planned: ~${total} s of the ${BUDGET_S} s budget"
+}
+
+dry_run() {
+    echo "gpu_run.sh --dry-run:"
+    print_plan
     # The Triton cache for the GPU machines: record the launches with Triton $GPU_TRITON and torch,
-    # then compile them with Python $GPU_PYTHON and Triton $GPU_TRITON alone.
-    local rec=.venv-triton36 cc=.venv-gpu-cache py
+    # by running the parts' own code here, then compile them with Python $GPU_PYTHON and Triton
+    # $GPU_TRITON alone.
+    local rec=.venv-triton36 cc=.venv-gpu-cache py CACHE=$REPO/.triton-cache
     py=""
     for candidate in "python$GPU_PYTHON" "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python; do
         # A pyenv shim exists without the version behind it: ask each candidate to run.
@@ -67,18 +101,39 @@ dry_run() {
         "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
     fi
     local plan=.triton-cache.plan.json
-    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan record "$plan" --arch sm_90 || return 2
+    # GPU_PLAN_PARTS: the parts to record (default all); each part's launches are written as it
+    # ends, so a part that cannot finish here (the model parts need many GB at the GPU's sizes)
+    # leaves the plan of the parts before it, and the build goes on with a warning.
+    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan record "$plan" --arch sm_90 \
+        --parts "${GPU_PLAN_PARTS:-env,tests,steps,model,compiled}"
+    local recorded=$?
+    [ -s "$plan" ] || return 2
+    [ "$recorded" -eq 0 ] || echo "gpu_run.sh --dry-run: the recording stopped (exit $recorded); the plan holds the parts that ended: $("$rec/bin/python" -c 'import json, sys; print(", ".join(json.load(open(sys.argv[1]))["parts"]))' "$plan")" >&2
     rm -rf .triton-cache
-    env -u TRITON_INTERPRET "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache || return 2
+    env -u TRITON_INTERPRET TRITON_PTXAS_PATH="$("$cc/bin/python" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))')" \
+        "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache
+    local built=$?
+    [ "$built" -eq 0 ] || [ "$built" -eq 3 ] || return 2
+    "$cc/bin/python" - "$plan" <<'PY'
+import json, sys
+plan = json.load(open(sys.argv[1]))
+specs = plan["specializations"]
+print(f"plan: {len(specs)} kernel specializations for sm_{plan['capability']}, recorded from the parts (Triton {plan['triton']}):")
+for part in ("env", "tests", "steps", "model", "compiled"):
+    if part in plan["parts"]:
+        print(f"  {part:9s} {sum(part in s['parts'] for s in specs):4d} kernels  (recording exit {plan['status'][part]})")
+    else:
+        print(f"  {part:9s}    - not recorded here: what it launches beyond the parts above compiles on the GPU")
+PY
     echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"
-}
-
-count_our_kernels() {  # compiled up_concat kernels in the cache
-    find "$REPO/.triton-cache" -name 'up_concat_*.cubin' 2>/dev/null | wc -l
-}
-
-count_launchers() {  # Triton's C launchers (one per kernel signature, built with gcc at first launch)
-    find "$REPO/.triton-cache" -name '__triton_launcher*.so' 2>/dev/null | wc -l
+    echo "the cache's identity (the env part on the GPU prints the same lines for its Triton):"
+    TRITON_PTXAS_PATH="" "$cc/bin/python" - <<'PY'
+import json
+from importlib.machinery import SourceFileLoader
+b = SourceFileLoader("build_triton_cache", "benchmarks/build_triton_cache.py").load_module()
+b.print_identity(json.load(open(".triton-cache/" + b.IDENTITY_FILE)), "cache built by")
+PY
+    [ "$built" -eq 0 ] || { echo "gpu_run.sh --dry-run: some planned kernels did not compile (above)" >&2; return 1; }
 }
 
 if [ "${1:-}" = "--dry-run" ]; then dry_run; exit $?; fi
@@ -88,10 +143,13 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
     exit 1
 fi
 
+TRITON_PTXAS_PATH=$(triton_ptxas)
+export TRITON_PTXAS_PATH
 OUT=${OUT:-$REPO/benchmarks/results/gpu-run-$(date -u +%Y%m%d-%H%M%S)}  # the device tool sets OUT
 mkdir -p "$OUT"
 LOG=$OUT/gpu_run.log
-export TRITON_CACHE_DIR=$REPO/.triton-cache PYTHONUNBUFFERED=1
+STATE=$(mktemp -d)
+export TRITON_CACHE_DIR=$CACHE PYTHONUNBUFFERED=1 STATE CACHE
 unset TRITON_INTERPRET
 START=$(date +%s)
 # Triton's cache groups hold absolute paths: point them at this checkout's copy.
@@ -99,13 +157,28 @@ START=$(date +%s)
 CARRIED=$(count_our_kernels)
 CARRIED_LAUNCHERS=$(count_launchers)
 SUMMARY=()
+FAILED=()
+STOPPED=""
 say() { echo "$*" | tee -a "$LOG"; }
+
+write_summary() {
+    local IFS=,
+    printf '{"carried_kernels": %s, "carried_launchers": %s, "budget_s": %s, "stopped": "%s", "parts": [%s]}\n' \
+        "$CARRIED" "$CARRIED_LAUNCHERS" "$BUDGET_S" "$STOPPED" "${SUMMARY[*]}" >"$OUT/summary.json"
+}
 
 # The device machines have torch, triton and setuptools but reach no registry.
 if ! python3 -c "import unet_fast.kernels" >/dev/null 2>&1; then
-    pip install --no-deps --no-build-isolation -e . >>"$LOG" 2>&1
+    say "installing the project: python3 -m pip install --no-deps --no-build-isolation -e ."
+    python3 -m pip install --no-deps --no-build-isolation -e . 2>&1 | tee -a "$LOG" | tail -n 5
 fi
-say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s; carried in .triton-cache: $CARRIED of our kernels, $CARRIED_LAUNCHERS launchers"
+if ! python3 -c "import unet_fast.kernels" >>"$LOG" 2>&1; then
+    say "gpu_run.sh: the install failed: python3 cannot import unet_fast.kernels (pip's output above and in $LOG); no part can run"
+    STOPPED="install failed"
+    write_summary
+    exit 1
+fi
+say "gpu_run.sh at $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s; carried in .triton-cache: $CARRIED of our kernels, $CARRIED_LAUNCHERS launchers; TRITON_PTXAS_PATH=$TRITON_PTXAS_PATH"
 
 estimate() {  # estimate NAME: a part's seconds, from PARTS
     local p name est what
@@ -120,6 +193,12 @@ part() {  # part NAME COMMAND...: run unless its estimate cannot end inside the 
     est=$(estimate "$name")
     shift
     elapsed=$(( $(date +%s) - START ))
+    if [ -n "$STOPPED" ]; then
+        say "== $name: not run ($STOPPED)"
+        SUMMARY+=("{\"part\": \"$name\", \"status\": \"not run\", \"at_s\": $elapsed}")
+        write_summary
+        return
+    fi
     if [ $((elapsed + est)) -gt "$BUDGET_S" ]; then
         say "== $name: skipped (at ${elapsed} s, ~${est} s more would pass the ${BUDGET_S} s budget)"
         SUMMARY+=("{\"part\": \"$name\", \"status\": \"skipped\", \"at_s\": $elapsed}")
@@ -135,41 +214,70 @@ part() {  # part NAME COMMAND...: run unless its estimate cannot end inside the 
     local took=$(( $(date +%s) - START - elapsed )) compiled=$(( $(count_our_kernels) - before ))
     launchers=$(( $(count_launchers) - launchers ))
     say "== $name: exit $rc in ${took} s; compiled on the GPU: $compiled of our kernels, $launchers Triton launchers (Inductor's count too)"
+    [ "$rc" -eq 0 ] || FAILED+=("$name")
     SUMMARY+=("{\"part\": \"$name\", \"status\": \"exit $rc\", \"seconds\": $took, \"kernels_compiled_here\": $compiled, \"launchers_compiled_here\": $launchers}")
     write_summary
 }
 
-write_summary() {
-    local IFS=,
-    printf '{"carried_kernels": %s, "carried_launchers": %s, "budget_s": %s, "parts": [%s]}\n' \
-        "$CARRIED" "$CARRIED_LAUNCHERS" "$BUDGET_S" "${SUMMARY[*]}" >"$OUT/summary.json"
+need_cuda() {  # the parts below measure a GPU: stop at once, with one line, where torch sees none
+    python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' && return 0
+    echo "no CUDA: torch $(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null) sees no GPU; this part measures one"
+    return 1
 }
 
 env_part() {
     python3 -c "import sys, torch, triton, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)"
     nvidia-smi
-    unet-fast check
+    # The cache's identity against this Triton's: a foreign cache misses every kernel.
+    python3 benchmarks/build_triton_cache.py --identity "$TRITON_CACHE_DIR"
+    local same=$? before compiled planned
+    [ "$same" -eq 0 ] || echo "foreign" >"$STATE/cache"
+    need_cuda || return 1
+    before=$(count_our_kernels)
+    python3 -m unet_fast check --device cuda
+    local rc=$?
+    compiled=$(( $(count_our_kernels) - before ))
+    planned=$(planned_for env)
+    echo "first launch (python3 -m unet_fast check): $(( planned > compiled ? planned - compiled : 0 )) of its $planned planned kernels found in the carried cache; $compiled compiled here"
+    return $rc
 }
 
 bench() {  # bench NAME [unet-fast bench options]: JSON straight into $OUT
     local name=$1
     shift
-    unet-fast bench --no-progress --json "$OUT/$name.json" "$@"
+    python3 -m unet_fast bench --device cuda --no-progress --json "$OUT/$name.json" "$@"
 }
 
-steps_part() {
-    bench steps --case up3,up2,up1 --dtype bfloat16 --layout channels_last --mode forward,backward,full \
-        --provider fused,eager,compiled --compile-mode default
-    bench steps-fp32 --case up3,up2,up1 --dtype float32 --layout contiguous --mode forward \
-        --provider fused,eager,compiled --compile-mode default
+bench_part() {  # bench_part PART: the part's bench calls, listed once in unet_fast/gpu/plan.py
+    need_cuda || return 1
+    local rc=0 name args
+    while read -r name args; do
+        # shellcheck disable=SC2086  # the arguments are plain words
+        bench "$name" $args || rc=1
+    done < <(python3 -m unet_fast.gpu.plan bench-calls "$1")
+    return $rc
+}
+
+tests_part() {
+    need_cuda || return 1
+    # A test module that cannot be imported here (an optional library the GPU machine lacks)
+    # fails the part but does not stop the other tests.
+    python3 -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors
 }
 
 export OUT
-export -f env_part bench steps_part
+export -f env_part bench bench_part tests_part need_cuda count_our_kernels planned_for
+export REPO
 part env env_part
-part tests python3 -m pytest tests -m gpu -q -p no:cacheprovider
-part steps steps_part
-part model bench model --case unet --dtype bfloat16 --layout channels_last --provider fused,eager
-part compiled bench model-compiled --case unet --dtype bfloat16 --layout channels_last \
-    --provider compiled,fused-compiled --compile-mode default
-say "gpu_run.sh: done at $(( $(date +%s) - START )) s; files in $OUT"
+part tests tests_part
+if [ -s "$STATE/cache" ] || [ "$CARRIED" -eq 0 ]; then
+    STOPPED="the carried Triton cache is $( [ "$CARRIED" -eq 0 ] && echo missing || echo foreign ): every kernel would compile here; stopped after env and tests rather than spend the window compiling (GPU_RUN_FORCE=1 runs on)"
+    [ "${GPU_RUN_FORCE:-0}" = 1 ] && STOPPED=""
+    [ -n "$STOPPED" ] && say "gpu_run.sh: $STOPPED"
+fi
+part steps bench_part steps
+part model bench_part model
+part compiled bench_part compiled
+rm -rf "$STATE"
+say "gpu_run.sh: done at $(( $(date +%s) - START )) s; files in $OUT; $( [ ${#FAILED[@]} -eq 0 ] && echo "every part that ran passed" || echo "FAILED: ${FAILED[*]}")"
+[ ${#FAILED[@]} -eq 0 ]

@@ -1,4 +1,4 @@
-"""What the up_concat kernels share: interpreter detection, the tile product, the tile configs.
+"""What the up_concat kernels share: interpreter detection, the tile product, the index helpers.
 
 No torch import here or in the kernel modules (up_concat_forward.py, up_concat_backward.py): a
 Python with Triton alone can import them and compile the kernels for a GPU that is not there
@@ -63,10 +63,13 @@ def tile_product(a, b, acc, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, INPUT_P
 def as_offset(v, IDX64: tl.constexpr):
     """v in the integer type element offsets are computed in: int64 when a tensor of the launch
     spans 2**31 elements or more (the launcher decides), else int32, which halves the registers
-    the offset tensors take and avoids 64-bit division in pixel_coords."""
+    the offset tensors take and keeps the pixel-index divisions 32-bit. Both branches cast, so the
+    helper has one return type per variant (the compiler refuses a helper returning int64 in one
+    branch and int32 in the other; the interpreter does not check)."""
     if IDX64:
         return v.to(tl.int64)
-    return v
+    else:
+        return v.to(tl.int32)
 
 
 @triton.jit
@@ -76,11 +79,101 @@ def relu_keep_nan(v):
 
 
 @triton.jit
-def pixel_coords(offs_m, H, W):
-    """Split flat input-pixel indices (n, i, j) of an [N, *, H, W] tensor into their parts."""
+def row_block(pid_m, DHW, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """Row block pid_m of a GEMM over the pixels of [N, *, D, H, W] tensors, blocked per image
+    (a block never spans two images, so its pixels are contiguous in NCHW and the compiler sees
+    it): (image, pixel indices within the image, mask)."""
+    n_pb = tl.cdiv(DHW, BLOCK)
+    img = pid_m // n_pb
+    r = (pid_m - img * n_pb) * BLOCK + tl.arange(0, BLOCK)
+    return as_offset(img, IDX64), as_offset(r, IDX64), r < DHW
+
+
+@triton.jit
+def spatial_coords(r, H, W):
+    """Pixel index r within one image of a [*, *, D, H, W] grid -> (d, h, w). 2-D: D = 1."""
     hw = H * W
-    img = offs_m // hw
-    rem = offs_m - img * hw
-    row = rem // W
-    col = rem - row * W
-    return img, row, col
+    d = r // hw
+    rem = r - d * hw
+    h = rem // W
+    w = rem - h * W
+    return d, h, w
+
+
+@triton.jit
+def pixel_offset(img, r, d, h, w, sn, sd, sh, sw, FLAT: tl.constexpr):
+    """Offset of pixel (img, d, h, w) = (img, r): FLAT when (d, h, w) merge into one dimension of
+    stride sw (no per-pixel multiply-adds, and stride-1 pixels stay visibly contiguous)."""
+    if FLAT:
+        return img * sn + r * sw
+    else:
+        return img * sn + d * sd + h * sh + w * sw
+
+
+@triton.jit
+def tap_offset(t, sd, sh, sw, KH: tl.constexpr, KW: tl.constexpr):
+    """Offset of tap t = (td * KH + th) * KW + tw from tap 0, in a tensor of strides (sd, sh, sw)."""
+    td = t // (KH * KW)
+    th = (t // KW) % KH
+    tw = t % KW
+    return td * sd + th * sh + tw * sw
+
+
+@triton.jit
+def up_pixel_offset(img, d, h, w, sn, sd, sh, sw, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr):
+    """Offset of output pixel (n, KD*d, KH*h, KW*w): tap 0 of input pixel (n, d, h, w)."""
+    return img * sn + (KD * d) * sd + (KH * h) * sh + (KW * w) * sw
+
+
+@triton.jit
+def copy_tile_coords(q, PS, CS, IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Copy tile q of a [N, CS, PS pixels] tensor -> (image, pixel indices in it, channel indices,
+    mask). Channel tiles vary fastest, then pixel blocks, then images; a tile never spans two
+    images, so its pixel indices stay contiguous (vector accesses in NCHW)."""
+    n_pb = tl.cdiv(PS, BLOCK_P)
+    n_cb = tl.cdiv(CS, BLOCK_C)
+    cb = q % n_cb
+    rest = q // n_cb
+    pb = rest % n_pb
+    img = as_offset(rest // n_pb, IDX64)
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (offs_p < PS)[:, None] & (offs_c < CS)[None, :]
+    return img, as_offset(offs_p, IDX64), as_offset(offs_c, IDX64), mask
+
+
+@triton.jit
+def copy_tile_offsets(img, offs_p, chan, sn, sc, sd, sh, sw, HS, WS, FLAT: tl.constexpr):
+    """[pixels, channels] element offsets of one copy tile in a tensor of strides (sn, sc, sd, sh,
+    sw) over a [*, *, DS, HS, WS] grid. FLAT: d, h, w merge into one dimension of stride sw (for
+    every tensor of the copy: contiguous NCHW, channels_last, ...), so no index division is needed
+    and, where sw == 1, the compiler sees contiguous pixels."""
+    if FLAT:
+        pix = offs_p * sw
+    else:
+        hw = HS * WS
+        d = offs_p // hw
+        rem = offs_p - d * hw
+        h = rem // WS
+        w = rem - h * WS
+        pix = d * sd + h * sh + w * sw
+    return img * sn + pix[:, None] + chan[None, :] * sc
+
+
+@triton.jit
+def program_role(pid, N_ROW_BLOCKS, NIMG, PS, CS, N_COLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where program `pid` of a GEMM-plus-copy launch works. The grid is N_ROW_BLOCKS groups,
+    each N_COLS GEMM column tiles of one row block followed by that group's share of the copy
+    tiles (CS channels over PS pixels per image, [BLOCK_M, BLOCK_N] tiles): the column tiles of a
+    row block run side by side (its A tile comes from DRAM once, then from L2), and the copies are
+    spread through the launch, overlapping the GEMM's math instead of trailing it.
+    Returns (row block, column index, copy tile index, number of copy tiles): the program is a
+    GEMM tile when column < N_COLS, else the copy tile `q` when q < number of copy tiles (else idle).
+    gemm_copy_grid() in up_concat_launch.py computes the same grid size on the host."""
+    n_copy = NIMG * tl.cdiv(PS, BLOCK_M) * tl.cdiv(CS, BLOCK_N)
+    per_group = tl.cdiv(n_copy, N_ROW_BLOCKS)
+    group = N_COLS + per_group
+    pid_m = pid // group
+    col = pid - pid_m * group
+    q = pid_m * per_group + (col - N_COLS)
+    return pid_m, col, q, n_copy

@@ -12,41 +12,57 @@ import triton
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and operand class: "16-bit"
 # (bf16, fp16), "tf32" (float32 through TF32 tensor cores, PyTorch's default for convolutions) and
-# "fp32" (float32 in full precision: FMA, no tensor cores, so the smallest tiles). Every tile
-# compiles without a spill, in both layouts, for sm_90 and (where its shared-memory bound fits)
-# sm_80, under Triton 3.6.0 and 3.9.0 (tests/test_kernel_report.py: register allocation differs
-# between the two by up to 40 bytes of spill for one tile). The forward keeps four float32
-# accumulators of BLOCK_M x BLOCK_N (one per tap): past 128 registers of them per thread, the
-# 255-register file spills.
+# "fp32" (float32 in full precision: FMA, no tensor cores, so the smallest tiles). Every kernel
+# keeps one float32 accumulator of BLOCK_M x BLOCK_N (taps are column tiles, not extra
+# accumulators), so the tiles are those of a plain GEMM. Each list was compiled for sm_90 and
+# sm_80 without a spill (tests/test_kernel_report.py). The forward's and the backward-input's
+# first 16-bit tile is the one kernels/byte_model.py models.
 TILES = {
     "forward": {
-        "16-bit": [(128, 32, 32, 4, 4), (256, 32, 32, 8, 3), (64, 32, 32, 4, 4)],
-        "tf32": [(256, 32, 32, 8, 3), (128, 32, 32, 8, 4), (64, 32, 32, 4, 4)],
-        "fp32": [(32, 32, 32, 4, 2), (64, 32, 16, 4, 2)],
+        "16-bit": [(128, 64, 64, 8, 3), (64, 64, 64, 4, 4), (64, 32, 64, 4, 4)],
+        "tf32": [(128, 64, 32, 8, 3), (64, 32, 32, 4, 3)],
+        "fp32": [(32, 32, 32, 4, 2)],
+        "16-bit-nchw": [(64, 32, 64, 4, 4), (64, 32, 32, 4, 3)],
+        "tf32-nchw": [(64, 32, 32, 4, 3)],
+        "fp32-nchw": [(32, 32, 32, 4, 2)],
     },
     "backward_input": {
-        "16-bit": [(64, 64, 32, 8, 3)],
-        "tf32": [(32, 32, 32, 4, 3), (64, 32, 32, 8, 2)],
-        "fp32": [(32, 32, 32, 4, 2), (32, 32, 16, 4, 2)],
+        "16-bit": [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3)],
+        "tf32": [(64, 64, 32, 4, 3), (64, 32, 32, 4, 3)],
+        "fp32": [(32, 32, 32, 4, 2)],
+        "16-bit-nchw": [(64, 32, 32, 4, 3)],
+        "tf32-nchw": [(32, 32, 16, 4, 2)],
+        "fp32-nchw": [(32, 32, 16, 4, 2)],
     },
     # Not autotuned: its grid depends on BLOCK_K through the split of pixels. The first tile that
     # fits the device's shared memory is taken.
     "backward_weight": {
-        "16-bit": [(32, 64, 32, 8, 3)],
-        "tf32": [(64, 32, 32, 8, 3)],
-        "fp32": [(16, 32, 16, 8, 2)],
+        "16-bit": [(64, 32, 64, 8, 4)],
+        "tf32": [(64, 64, 32, 8, 3)],
+        "fp32": [(32, 32, 32, 8, 2)],  # 4 warps spilled 16-80 bytes (fp32 FMA dot, M-major x^T)
+        "16-bit-nchw": [(64, 32, 64, 8, 4)],
+        "tf32-nchw": [(64, 32, 32, 4, 3)],
+        "fp32-nchw": [(32, 32, 32, 8, 2)],
     },
 }
+# "-nchw": the class of a launch whose streamed operand (x for the forward and the weight
+# gradient, grad for the input gradient) is not stride-1 along channels (NCHW, NCDHW, views).
+# Its tap loads and stores are strided element by element (stride kw along pixels), so each
+# element holds its own address: narrower tiles, or the register file spills.
 
 
 # Tiles for Hopper (sm_90) and later only, tried before the lists above: wgmma keeps its
-# accumulators in fewer registers than sm_80's mma.sync, and these spill 4 to 28 bytes on an
-# A100 (16-bit, mostly contiguous) but not on an H100. The forward's wider N re-reads x less.
+# accumulators in fewer registers than sm_80's mma.sync, and these spilled 4 to 24 bytes on sm_80
+# (`unet-fast kernels --arch sm_80`) but not on sm_90.
 HOPPER_TILES = {
-    "forward": {"16-bit": [(64, 64, 32, 8, 4)]},
-    "backward_input": {"16-bit": [(64, 32, 32, 8, 4), (64, 32, 32, 4, 3)]},
-    "backward_weight": {"16-bit": [(64, 64, 32, 8, 3)]},
+    "forward": {"fp32": [(64, 32, 32, 4, 2)]},
+    "backward_input": {"tf32-nchw": [(64, 32, 16, 4, 2)]},
+    "backward_weight": {"16-bit": [(64, 64, 64, 4, 3)], "tf32": [(64, 64, 32, 4, 3)],
+                        "16-bit-nchw": [(64, 32, 64, 4, 4)]},
 }
+
+# The split-K reduction of the weight gradient: elements per program, warps. One config.
+REDUCE_BLOCK, REDUCE_WARPS = 512, 4
 
 
 def tiles_for(kernel: str, operands: str, capability: int) -> list:
@@ -56,24 +72,31 @@ def tiles_for(kernel: str, operands: str, capability: int) -> list:
     return hopper + TILES[kernel][operands]
 
 
-def operand_class(element_size: int, input_precision: str) -> str:
-    """Which TILES list a launch takes: by the operands' size and the dot's precision."""
+def operand_class(element_size: int, input_precision: str, channels_last: bool = True) -> str:
+    """Which TILES list a launch takes: by the operands' size, the dot's precision, and whether
+    the streamed operand is stride-1 along channels (else the "-nchw" lists)."""
     if element_size == 2:
-        return "16-bit"
-    return "tf32" if input_precision == "tf32" else "fp32"
+        base = "16-bit"
+    else:
+        base = "tf32" if input_precision == "tf32" else "fp32"
+    return base if channels_last else base + "-nchw"
+
+
+def channels_last_operand(t) -> bool:
+    """Whether tensor `t` (x or grad) is stride-1 along channels: the operand-class layout bit."""
+    return t.stride(1) == 1 or t.shape[1] == 1
 
 
 # Shared memory a kernel uses, in elements: per pipeline stage, the tiles it loads (forward: the
-# x tile and the four tap tiles of W; backward_input: grad and the saved output for the four taps,
-# and the four tap tiles of W; backward_weight: the x tile, grad and output per tap), and once, its
-# float32 accumulators (4 of BM x BN, one per tap; 1 for backward_input), which the compiler may
-# pass through shared memory to change layout before the stores.
+# x tile and one tap's W tile; backward_input: grad and the saved output, and W; backward_weight:
+# the x tile, grad and the saved output), and once, its float32 accumulator of BM x BN, which the
+# compiler may pass through shared memory to change layout before the stores.
 STAGE_ELEMENTS = {
-    "forward": lambda bm, bn, bk: bm * bk + 4 * bk * bn,
-    "backward_input": lambda bm, bn, bk: 8 * bm * bk + 4 * bk * bn,
-    "backward_weight": lambda bm, bn, bk: bm * bk + 8 * bk * bn,
+    "forward": lambda bm, bn, bk: bm * bk + bk * bn,
+    "backward_input": lambda bm, bn, bk: 2 * bm * bk + bk * bn,
+    "backward_weight": lambda bm, bn, bk: bm * bk + 2 * bk * bn,
 }
-ACCUMULATORS = {"forward": 4, "backward_input": 1, "backward_weight": 4}
+ACCUMULATORS = {"forward": 1, "backward_input": 1, "backward_weight": 1}
 
 
 def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
@@ -104,7 +127,7 @@ def _limits(active_driver, device) -> tuple:
 def tiles_that_fit(kernel: str, operands: str, capability: int, shared_limit: int) -> list:
     """tiles_for(...) without the tiles whose bound exceeds `shared_limit`; the smallest one if
     none fits (the launch then reports the real shortfall)."""
-    element_size = 2 if operands == "16-bit" else 4
+    element_size = 2 if operands.startswith("16-bit") else 4
     tiles = tiles_for(kernel, operands, capability)
     fitting = [t for t in tiles if shared_memory_bound(kernel, t, element_size) <= shared_limit]
     return fitting or [min(tiles, key=lambda t: shared_memory_bound(kernel, t, element_size))]
@@ -125,18 +148,21 @@ def fixed_tile(kernel: str, operands: str) -> dict:
     return dict(_config(tiles_that_fit(kernel, operands, *device_limits())[0]).all_kwargs())
 
 
-def autotuned(kernel_fn, kernel: str, dtype_arg: str):
+def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str):
     """`kernel_fn` behind Triton's autotuner. Before anything is compiled, the configs are pruned
-    to the tiles TILES[kernel] lists for the operands (the element size of argument `dtype_arg`,
-    and INPUT_PRECISION) that fit the device's shared memory. The autotuner keys on the dtypes and
-    the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key."""
+    to the tiles TILES[kernel] lists for the operands (the element size and channel stride of
+    argument `dtype_arg`, and INPUT_PRECISION) that fit the device's shared memory. The autotuner keys on the dtypes and
+    the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key; so does the
+    operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists."""
     every_tile = sorted({t for table in (TILES, HOPPER_TILES) for tiles in table.get(kernel, {}).values()
                          for t in tiles})
 
     def prune(configs, named_args, **kwargs):
-        operands = operand_class(named_args[dtype_arg].element_size(), kwargs["INPUT_PRECISION"])
+        operand = named_args[dtype_arg]
+        operands = operand_class(operand.element_size(), kwargs["INPUT_PRECISION"], channels_last_operand(operand))
         allowed = set(tiles_that_fit(kernel, operands, *device_limits()))
         return [c for c in configs if _tile_of(c) in allowed]
 
-    return triton.autotune(configs=[_config(t) for t in every_tile], key=["CIN", "COUT", "CS", "INPUT_PRECISION"],
+    key = ["CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", channel_stride_arg]
+    return triton.autotune(configs=[_config(t) for t in every_tile], key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel_fn)

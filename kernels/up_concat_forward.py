@@ -1,21 +1,28 @@
-"""Forward of up_concat in one launch: out = relu(cat([conv_transpose2d(x, w, b, stride=2), skip], 1)).
+"""Forward of up_concat in one launch, for 2-D and 3-D decoder steps:
+    out = act(cat([conv_transpose_nd(x, w, b, stride=k), skip], 1))   (or skip first)
 
-Index math. A 2x2 stride-2 transposed convolution has non-overlapping taps:
-    out[n, o, 2i+a, 2j+b] = bias[o] + sum_c x[n, c, i, j] * w[c, o, a, b]
-so with M = N*H*W input pixels, the convolution is one GEMM X[M, Cin] @ W[Cin, 4*Cout] whose
-columns are scattered to the four output pixels (2i+a, 2j+b) of each input pixel (i, j).
+Index math. A transposed convolution whose stride equals its kernel k = (KD, KH, KW) has
+non-overlapping taps t = (td, th, tw):
+    out[n, o, KD*d+td, KH*h+th, KW*w+tw] = bias[o] + sum_c x[n, c, d, h, w] * w[c, o, td, th, tw]
+so with M = N*D*H*W input pixels it is one GEMM X[M, Cin] @ W[Cin, T*Cout] (T = KD*KH*KW taps)
+whose columns scatter to the T output pixels of each input pixel. A 2-D step runs as a 3-D one
+with D = 1, KD = 1 (its depth strides are 0): one kernel for every tap count.
 
-The grid is (M blocks, Cout tiles + Cs tiles). A program whose column tile is below Cout computes
-a [BLOCK_M pixels, BLOCK_N channels] tile for all four taps from one load of its x tile; a program
-past Cout copies skip channels of the same 2x2 output pixels. So x and skip are read once, every
-output element is written once, and neither the convolution result nor the concatenation ever
-exists as a tensor of its own. All strides are passed, so any layout works; pixel and channel
-offsets are int64 when a tensor spans 2**31 elements or more (IDX64), int32 otherwise.
+Taps as GEMM column tiles: program (row block m, tap t, Cout tile j) computes the [BLOCK_M,
+BLOCK_N] tile X[m] @ W[:, t, j] with one accumulator and stores it to tap t's output pixels.
+Within a tap the output channels are contiguous in channels_last, so the stores are vectors, and
+the weight tile of one tap is a dense [BLOCK_K, BLOCK_N] block when the weight is stride-1 along
+Cout (the launcher passes it so: a channels_last weight as it is, any other repacked once).
+The T*cdiv(Cout, BLOCK_N) column tiles of a row block run next to each other, so x is read from
+DRAM once and re-read from L2; the skip copy tiles are interleaved with them (common.program_role).
+All strides are passed, so any layout works; offsets are int64 when a tensor of the launch spans
+2**31 elements or more (IDX64), int32 otherwise.
 """
 import triton
 import triton.language as tl
 
-from .common import as_offset, pixel_coords, relu_keep_nan, tile_product
+from .common import (as_offset, copy_tile_coords, copy_tile_offsets, pixel_offset, program_role, relu_keep_nan,
+                     row_block, spatial_coords, tap_offset, tile_product, up_pixel_offset)
 from .configs import autotuned
 
 
@@ -31,96 +38,75 @@ def skip_relu(v, RELU: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def up_concat_forward_kernel(
-    x_ptr, skip_ptr, w_ptr, b_ptr, out_ptr,
-    M, H, W, CIN, COUT, CS,
-    sxn, sxc, sxh, sxw,
-    ssn, ssc, ssh, ssw,
-    swc, swo, swa, swb, sb,
-    son, soc, soh, sow,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    # Pointers: x [N, CIN, D, H, W]; w [CIN, COUT, KD, KH, KW] (stride-1 along COUT on the GPU);
+    # b [COUT] (any pointer when not HAS_BIAS); skip [N, CS, KD*D, KH*H, KW*W];
+    # out [N, COUT + CS, KD*D, KH*H, KW*W].
+    x_ptr, w_ptr, b_ptr, skip_ptr, out_ptr,
+    # Sizes: NIMG = N images of DHW = D*H*W input pixels (passed, so that its divisibility
+    # by 16 is known to the compiler: vector loads along pixels in NCHW); SKIP_PIX = KD*D * KH*H * KW*W output pixels
+    # per image; CONV_C0 / SKIP_C0 = first output channel of the upsampled / skip channels
+    # (0 and COUT, or CS and 0 when the skip comes first).
+    NIMG, D, H, W, DHW, CIN, COUT, CS, SKIP_PIX, CONV_C0, SKIP_C0,
+    # Strides, in elements: sx* of x along n, c, d, h, w (sxd = 0 in 2-D) ...
+    sxn, sxc, sxd, sxh, sxw,
+    # ... sw* of w along c (input channel), o (output channel), td, th, tw; sb of b ...
+    swc, swo, swd, swh, sww, sb,
+    # ... ss* of skip and so* of out along n, c, d, h, w.
+    ssn, ssc, ssd, ssh, ssw,
+    son, soc, sod, soh, sow,
+    # Meta-parameters: the kernel size (taps) per axis; bias; ReLU over every output channel;
+    # FLAT_X: x merges (d, h, w) into one dimension of stride sxw; FLAT_SKIP: skip and out do.
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT_X: tl.constexpr, FLAT_SKIP: tl.constexpr,
+    # How a tile product runs (launcher's math_settings) and the offset width.
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    IDX64: tl.constexpr, PAIR_W: tl.constexpr,
+    IDX64: tl.constexpr,
+    # Tile: BLOCK_M pixels x BLOCK_N channels, BLOCK_K input channels per step.
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """PAIR_W: skip and out are stride-1 along W (NCHW), so the two W taps (b = 0, 1) of an output
-    pixel pair are adjacent: stored (and skip copied) as [BLOCK_M, BLOCK_N, 2] runs, joined in
-    registers, instead of two accesses at stride 2."""
-    pid_m = as_offset(tl.program_id(0), IDX64)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    img, row, col = pixel_coords(offs_m, H, W)
-    # Offset of output pixel (2i, 2j); tap (a, b) adds a*soh + b*sow.
-    out_pix = img * son + (2 * row) * soh + (2 * col) * sow
+    """One program: a GEMM tile (row block, tap, Cout tile) or a skip copy tile. Row blocks
+    are per image (common.row_block)."""
+    T = KD * KH * KW
+    n_co = tl.cdiv(COUT, BLOCK_N)
+    dhw = DHW
+    pid_m, col, q, n_copy = program_role(tl.program_id(0), NIMG * tl.cdiv(dhw, BLOCK_M), NIMG, SKIP_PIX, CS,
+                                         T * n_co, BLOCK_M, BLOCK_N)
     out_dtype = out_ptr.dtype.element_ty
-    n_conv_tiles = tl.cdiv(COUT, BLOCK_N)
 
-    if pid_n < n_conv_tiles:
-        offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if col < T * n_co:
+        tap = col // n_co
+        offs_o = (col - tap * n_co) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_o = offs_o < COUT
+        img, r, mask_m = row_block(pid_m, dhw, IDX64, BLOCK_M)
+        d, h, w = spatial_coords(r, H, W)
+        x_pix = pixel_offset(img, r, d, h, w, sxn, sxd, sxh, sxw, FLAT_X)
+        w_tap = tap_offset(tap, swd, swh, sww, KH, KW)
         acc_dtype = tl.float64 if ACC_F64 else tl.float32
-        acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-        acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-        acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-        acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-        x_pix = img * sxn + row * sxh + col * sxw
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
         for k0 in range(0, CIN, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < CIN
-            x_tile = tl.load(x_ptr + x_pix[:, None] + as_offset(offs_k[None, :], IDX64) * sxc,
+            x_tile = tl.load(x_ptr + x_pix[:, None] + as_offset(offs_k, IDX64)[None, :] * sxc,
                              mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            w_ptrs = w_ptr + offs_k[:, None] * swc + offs_o[None, :] * swo
-            w_mask = mask_k[:, None] & mask_o[None, :]
-            acc00 = tile_product(x_tile, tl.load(w_ptrs, mask=w_mask, other=0.0), acc00,
-                                 USE_DOT, UPCAST, INPUT_PRECISION)
-            acc01 = tile_product(x_tile, tl.load(w_ptrs + swb, mask=w_mask, other=0.0), acc01,
-                                 USE_DOT, UPCAST, INPUT_PRECISION)
-            acc10 = tile_product(x_tile, tl.load(w_ptrs + swa, mask=w_mask, other=0.0), acc10,
-                                 USE_DOT, UPCAST, INPUT_PRECISION)
-            acc11 = tile_product(x_tile, tl.load(w_ptrs + swa + swb, mask=w_mask, other=0.0), acc11,
-                                 USE_DOT, UPCAST, INPUT_PRECISION)
+            w_tile = tl.load(w_ptr + w_tap + offs_k[:, None] * swc + offs_o[None, :] * swo,
+                             mask=mask_k[:, None] & mask_o[None, :], other=0.0)
+            acc = tile_product(x_tile, w_tile, acc, USE_DOT, UPCAST, INPUT_PRECISION)
         if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_o * sb, mask=mask_o, other=0.0).to(acc_dtype)[None, :]
-            acc00 += bias
-            acc01 += bias
-            acc10 += bias
-            acc11 += bias
+            acc += tl.load(b_ptr + offs_o * sb, mask=mask_o, other=0.0).to(acc_dtype)[None, :]
         if RELU:
-            acc00 = relu_keep_nan(acc00)
-            acc01 = relu_keep_nan(acc01)
-            acc10 = relu_keep_nan(acc10)
-            acc11 = relu_keep_nan(acc11)
-        out_ptrs = out_ptr + out_pix[:, None] + as_offset(offs_o[None, :], IDX64) * soc
-        out_mask = mask_m[:, None] & mask_o[None, :]
-        if PAIR_W:
-            pair = tl.arange(0, 2)[None, None, :]
-            pair_mask = out_mask[:, :, None] & (pair < 2)
-            tl.store(out_ptrs[:, :, None] + pair, tl.join(acc00, acc01).to(out_dtype), mask=pair_mask)
-            tl.store(out_ptrs[:, :, None] + soh + pair, tl.join(acc10, acc11).to(out_dtype), mask=pair_mask)
-        else:
-            tl.store(out_ptrs, acc00.to(out_dtype), mask=out_mask)
-            tl.store(out_ptrs + sow, acc01.to(out_dtype), mask=out_mask)
-            tl.store(out_ptrs + soh, acc10.to(out_dtype), mask=out_mask)
-            tl.store(out_ptrs + soh + sow, acc11.to(out_dtype), mask=out_mask)
-    else:
-        offs_s = (pid_n - n_conv_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = mask_m[:, None] & (offs_s < CS)[None, :]
-        skip_ptrs = (skip_ptr + (img * ssn + (2 * row) * ssh + (2 * col) * ssw)[:, None]
-                     + as_offset(offs_s[None, :], IDX64) * ssc)
-        out_ptrs = out_ptr + out_pix[:, None] + as_offset((COUT + offs_s)[None, :], IDX64) * soc
-        if PAIR_W:  # taps (a, 0) and (a, 1) in one access
-            pair = tl.arange(0, 2)[None, None, :]
-            pair_mask = mask[:, :, None] & (pair < 2)
-            for a in tl.static_range(2):
-                v = tl.load(skip_ptrs[:, :, None] + a * ssh + pair, mask=pair_mask, other=0.0)
-                v = skip_relu(v, RELU, UPCAST)
-                tl.store(out_ptrs[:, :, None] + a * soh + pair, v.to(out_dtype), mask=pair_mask)
-        else:
-            for tap in tl.static_range(4):
-                a = tap // 2
-                b = tap % 2
-                v = skip_relu(tl.load(skip_ptrs + a * ssh + b * ssw, mask=mask, other=0.0), RELU, UPCAST)
-                tl.store(out_ptrs + a * soh + b * sow, v.to(out_dtype), mask=mask)
+            acc = relu_keep_nan(acc)
+        out_pix = (up_pixel_offset(img, d, h, w, son, sod, soh, sow, KD, KH, KW)
+                   + tap_offset(tap, sod, soh, sow, KH, KW))
+        out_ptrs = out_ptr + out_pix[:, None] + as_offset(CONV_C0 + offs_o, IDX64)[None, :] * soc
+        tl.store(out_ptrs, acc.to(out_dtype), mask=mask_m[:, None] & mask_o[None, :])
+    elif q < n_copy:
+        img, offs_p, offs_c, mask = copy_tile_coords(q, SKIP_PIX, CS, IDX64, BLOCK_M, BLOCK_N)
+        hs = KH * H
+        ws = KW * W
+        src = copy_tile_offsets(img, offs_p, offs_c, ssn, ssc, ssd, ssh, ssw, hs, ws, FLAT_SKIP)
+        dst = copy_tile_offsets(img, offs_p, SKIP_C0 + offs_c, son, soc, sod, soh, sow, hs, ws, FLAT_SKIP)
+        v = skip_relu(tl.load(skip_ptr + src, mask=mask, other=0.0), RELU, UPCAST)
+        tl.store(out_ptr + dst, v.to(out_dtype), mask=mask)
 
 
-up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr")
+up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr", "sxc")

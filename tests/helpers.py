@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from unet_fast import reference, up_concat
 from unet_fast.reference import TOLERANCES
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,3 +91,90 @@ def spy_on_triton_launches(monkeypatch, kernel_module, torch_path_function: str)
             kernel = getattr(kernel_module, name)
             monkeypatch.setattr(kernel_module, name, Spy(name.replace("_autotuned", ""), kernel))
     return launches
+
+
+# (N, Cin, Cout, Cs, H, W): odd channel counts, H or W of 1, odd spatial sizes, more than one
+# tile of pixels and of channels.
+SHAPES = [
+    (2, 17, 33, 3, 5, 7),
+    (1, 1, 1, 1, 1, 1),
+    (3, 3, 17, 33, 1, 9),
+    (1, 33, 3, 17, 6, 1),
+    (2, 40, 36, 20, 7, 5),
+]
+
+
+def make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=torch.contiguous_format, bias=True):
+    """(x, skip, weight, bias) of a 2x2 stride-2 step, x [n, cin, h, w]."""
+    return make_step(n, cin, cout, cs, (h, w), (2, 2), dtype, memory_format, bias)
+
+
+def make_step(n, cin, cout, cs, spatial, kernel, dtype, memory_format=torch.contiguous_format, bias=True):
+    """(x, skip, weight, bias) of any step: x [n, cin, *spatial], weight [cin, cout, *kernel],
+    skip [n, cs, *(spatial * kernel)]; x and skip in `memory_format` (channels_last means
+    channels_last_3d for volumes)."""
+    if memory_format == torch.channels_last and len(spatial) == 3:
+        memory_format = torch.channels_last_3d
+    x = randn(n, cin, *spatial, dtype=dtype, memory_format=memory_format)
+    skip = randn(n, cs, *(s * k for s, k in zip(spatial, kernel)), dtype=dtype, memory_format=memory_format)
+    weight = randn(cin, cout, *kernel, dtype=dtype)
+    b = randn(cout, dtype=dtype) if bias else None
+    return x, skip, weight, b
+
+
+def reference_out(x, skip, weight, bias, relu, skip_first=False):
+    """unet_fast.reference.up_concat in float64 on the same (rounded) inputs."""
+    up = [t.double() if t is not None else None for t in (x, skip, weight, bias)]
+    return reference.up_concat(*up, relu=relu, skip_first=skip_first)
+
+
+LAYOUTS = ["contiguous", "channels_last", "strided_view"]
+
+
+def layout_inputs(layout, dtype):
+    n, cin, cout, cs, h, w = 2, 19, 21, 11, 6, 5
+    if layout == "strided_view":
+        # Every tensor a view with gaps and odd strides: the kernels take all strides as given.
+        x = randn(n, cin + 3, h, 2 * w, dtype=dtype)[:, 2:cin + 2, :, ::2]
+        skip = randn(n, 2 * h, 2 * w, cs + 1, dtype=dtype).permute(0, 3, 1, 2)[:, 1:]
+        weight = randn(cout, cin, 2, 2, dtype=dtype).transpose(0, 1)
+        bias = randn(2 * cout, dtype=dtype)[::2]
+        return x, skip, weight, bias
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=fmt)
+
+
+def grads_against_reference(args, relu, dtype, what="", skip_first=False):
+    """Run the op and the float64 reference backward with one random grad_output; compare all.
+
+    Returns (conv, skip): how many outputs of the convolution channels and of the skip channels
+    the ReLU clipped while their grad_output was kept, i.e. where the comparison checks that the
+    op's ReLU mask zeroes the gradient as the reference's does."""
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in args]
+    ref_out = reference_out(*ref_leaves, relu, skip_first)
+    grad_out = randn(*ref_out.shape, dtype=dtype)
+    clipped = (0, 0)
+    if relu:
+        # A value within rounding of 0 may land on either side of the ReLU in the op and in the
+        # float64 reference; its gradient is ill-defined, so it gets no gradient to compare.
+        # Decided from the values BEFORE the ReLU: after it every clipped value reads 0, looks
+        # "near the kink" and would lose its gradient, so the mask would never be compared.
+        with torch.no_grad():
+            pre = reference_out(*ref_leaves, False, skip_first)
+        finite = pre[torch.isfinite(pre)].abs()
+        scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
+        near_kink = pre.abs() < 1e-4 * scale
+        grad_out = grad_out.masked_fill(near_kink, 0)
+        kept_and_clipped = (pre < 0) & ~near_kink  # NaN is neither: it passes its gradient
+        cout, cs = args[2].shape[1], args[1].shape[1]
+        up, sk = (slice(cs, None), slice(0, cs)) if skip_first else (slice(0, cout), slice(cout, None))
+        clipped = (int(kept_and_clipped[:, up].sum()), int(kept_and_clipped[:, sk].sum()))
+    ref_out.backward(grad_out.double())
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in args]
+    up_concat(*leaves, relu=relu, skip_first=skip_first).backward(grad_out)
+    for name, got, ref in zip(("dx", "dskip", "dweight", "dbias"), leaves, ref_leaves):
+        if got is None:
+            continue
+        assert got.grad.dtype == dtype
+        assert_close_to_reference(got.grad, ref.grad, dtype, f"{name}{what}")
+    return clipped

@@ -13,8 +13,7 @@ import torch
 from unet_fast import ReferenceUNet, UNet, up_concat
 from unet_fast import names
 from unet_fast.cases import ODD_STEPS, decoder_cases
-from helpers import DEVICE, assert_close_to_reference, randn, select_path
-from test_up_concat_backward import grads_against_reference
+from helpers import DEVICE, assert_close_to_reference, grads_against_reference, randn, select_path
 
 pytestmark = pytest.mark.gpu
 ON_GPU = DEVICE.type == "cuda"

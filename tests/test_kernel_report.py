@@ -1,9 +1,11 @@
 """Every Triton kernel compiled for the GPUs we target (sm_90: H100/H200, sm_80: A100) on this CPU.
 
-Static analysis, not a timing: `unet-fast kernels` compiles, for the default UNet's three decoder
-steps, every kernel with every config a launch may use (after pruning), in each dtype and layout,
-and the tests fail on a compile error, on a config needing more shared memory than the GPU has,
-and on any spill (the bound, MAX_SPILL_BYTES, is 0). It runs in a subprocess: this process has
+Static analysis, not a timing: `unet-fast kernels` compiles, for the default UNet's three 2-D
+decoder steps and nnU-Net's 3-D ones, every kernel with every config a launch may use (after
+pruning), in each dtype and layout, with ReLU and bias and with neither, each with int64 offsets
+(IDX64) on and off, and the tests fail on a compile error, on a config needing more shared memory
+than the GPU has, on any spill (the bound, MAX_SPILL_BYTES, is 0), on an atomic instruction, and
+on a scalar 16-bit global load in a 16-bit channels_last kernel. It runs in a subprocess: this process has
 TRITON_INTERPRET=1 set (conftest.py), under which Triton interprets kernels instead of compiling.
 """
 import json
@@ -13,23 +15,34 @@ import sys
 
 import pytest
 
-from unet_fast.gpu.kernel_report import DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
-from unet_fast.kernels.configs import TILES, shared_memory_bound, tiles_that_fit
+from unet_fast.gpu.kernel_report import CASE_CHOICES, DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
+from unet_fast.kernels import configs
+from unet_fast.kernels.byte_model import STEP_NAMES
+from unet_fast.kernels.configs import TILES, operand_class, shared_memory_bound, tiles_for, tiles_that_fit
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
 from unet_fast.gpu.static_compile import ptx_features, ptxas_resources
 
 # .ci/run's second venv (the GPU machines' Triton 3.6.0) checks sm_90 alone, to keep CI short:
 # that Triton only ever compiles for the GPU machines, which are sm_90.
 ARCHES = {arch: int(arch[3:]) for arch in os.environ.get("UNET_FAST_STATIC_ARCHES", "sm_90,sm_80").split(",")}
+# The steps compiled here: a 2-D step, the smallest 3-D one (4^3 pixels: sizes not divisible by 16,
+# so other specializations) and the anisotropic (1, 2, 2) one. All nine compile alike but take
+# about 20 minutes per arch on two cores; `unet-fast kernels` with no --case compiles them all.
+CASES = os.environ.get("UNET_FAST_STATIC_CASES", "up3,3d5,3da").split(",")
 ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
-OPERANDS = {"fp32": "fp32", "tf32": "tf32", "bf16": "16-bit", "fp16": "16-bit"}
+PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee", "fp16": "ieee"}
+VARIANTS = [(True, True), (False, False)]  # (relu, has_bias), as static_compile.VARIANTS
+
+
+def operands(dtype, layout):
+    return operand_class(ELEMENT_SIZE[dtype], PRECISION[dtype], layout == "channels_last")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("static") / "static.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path)]
+    cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", ",".join(CASES)]
     for arch in ARCHES:
         cmd += ["--arch", arch]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -39,6 +52,8 @@ def report(tmp_path_factory):
 
 
 def _tile(row):
+    if row["kernel"] == "weight_reduce":
+        return None
     size, warps, stages = row["config"].split()
     return (*map(int, size.split("x")), int(warps[1:]), int(stages[1:]))
 
@@ -51,38 +66,96 @@ def test_every_launchable_config_compiles_fits_and_does_not_spill(report):
 
 
 def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
-    """One row per config the autotuner keeps after pruning, for each arch, dtype, layout, step."""
+    """One row per config the autotuner keeps after pruning, for each arch, dtype, layout, step,
+    (ReLU, bias) variant and IDX64 setting; the dW reduction once per variant (no IDX64)."""
     _, doc = report
+    assert set(CASE_CHOICES) == set(STEP_NAMES) and set(CASES) <= set(CASE_CHOICES)
     for arch, capability in ARCHES.items():
         for dtype in DTYPE_CHOICES:
             for layout in LAYOUT_CHOICES:
-                for kernel in TILES:
-                    for case in ("up3", "up2", "up1"):
-                        got = sorted(_tile(r) for r in doc["rows"] if (r["arch"], r["dtype"], r["layout"],
-                                                                       r["kernel"], r["case"])
-                                     == (arch, dtype, layout, kernel, case))
-                        fit = tiles_that_fit(kernel, OPERANDS[dtype], capability, SHARED_MEMORY_LIMIT[capability])
-                        want = sorted(fit if kernel != "backward_weight" else fit[:1])
-                        assert got == want, (arch, dtype, layout, kernel, case)
+                for case in CASES:
+                    rows = [r for r in doc["rows"] if (r["arch"], r["dtype"], r["layout"], r["case"])
+                            == (arch, dtype, layout, case)]
+                    for relu, bias in VARIANTS:
+                        for idx64 in (False, True):
+                            for kernel in TILES:
+                                got = sorted(_tile(r) for r in rows if (r["kernel"], r["relu"], r["has_bias"],
+                                                                        r["idx64"]) == (kernel, relu, bias, idx64))
+                                fit = tiles_that_fit(kernel, operands(dtype, layout), capability,
+                                                     SHARED_MEMORY_LIMIT[capability])
+                                want = sorted(fit if kernel != "backward_weight" else fit[:1])
+                                assert got == want, (arch, dtype, layout, case, kernel, relu, bias, idx64)
+                    assert [r["idx64"] for r in rows if r["kernel"] == "weight_reduce"] == [False] * len(
+                        [r for r in rows if r["kernel"] == "weight_reduce"])
 
 
 def test_shared_memory_bound_covers_what_the_compiler_allots(report):
     """The pruning estimate must never be below the real figure, or pruning lets an overflow through."""
     _, doc = report
     for r in doc["rows"]:
+        if r["kernel"] == "weight_reduce":
+            continue
         bound = shared_memory_bound(r["kernel"], _tile(r), ELEMENT_SIZE[r["dtype"]])
         assert r["shared"] <= bound, r
 
 
 def test_sm90_kernels_use_wgmma_and_channels_last_moves_16_bytes(report):
     """What makes the kernels fast on an H100: Hopper's tensor-core instruction wherever the tile
-    allows it, and 16-byte vector loads and stores in channels_last."""
+    allows it, and in channels_last 16-byte vector (or cp.async) loads and stores, no scalar
+    16-bit load, and no atomic anywhere."""
     _, doc = report
     for r in doc["rows"]:
+        assert r["atomics"] == 0, r
+        if r["kernel"] == "weight_reduce":
+            continue
         if r["arch"] == "sm_90" and r["dtype"] != "fp32" and _tile(r)[0] >= 64:
             assert r["tensor_cores"] == "wgmma", r
-        if r["layout"] == "channels_last" and r["kernel"] != "backward_weight":
-            assert r["widest_load"] == 16 and r["widest_store"] == 16, r
+        if r["layout"] == "channels_last":
+            assert r["widest_store"] == 16, r
+            assert r["widest_load"] in (0, 16) and r["cp_async"] > 0, r  # 0: every load is a cp.async
+            if r["dtype"] in ("bf16", "fp16"):
+                assert r["scalar_16bit_loads"] == 0, r
+
+
+def test_report_rows_carry_the_byte_model(report):
+    _, doc = report
+    for r in doc["rows"]:
+        if r["kernel"] in ("forward", "backward_input", "backward_weight"):
+            assert r["moved_mb"] > 0 and r["floor_mb"] > 0 and r["x_floor"] >= 0.99, r
+
+
+def test_shared_memory_exactly_at_the_limit_passes_and_one_byte_more_fails():
+    row = dict(kernel="forward", case="up3", dtype="bf16", layout="contiguous", config="64x64x32 w4 s4",
+               arch="sm_80", error=None, shared=166912, shared_limit=166912, spill_stores=0)
+    assert problems([row], 0) == []
+    assert "shared memory" in problems([dict(row, shared=166913)], 0)[0]
+
+
+@pytest.mark.parametrize("capability", [90, 80])
+def test_tile_lists_and_pruning_per_class_and_arch(capability):
+    limit = SHARED_MEMORY_LIMIT[capability]
+    for kernel, classes in TILES.items():
+        for operand_class_name, tiles in classes.items():
+            element_size = 2 if operand_class_name.startswith("16-bit") else 4
+            assert tiles_for(kernel, operand_class_name, capability)[-len(tiles):] == tiles
+            fit = tiles_that_fit(kernel, operand_class_name, capability, limit)
+            assert fit and all(shared_memory_bound(kernel, t, element_size) <= limit for t in fit)
+            # Every 16-bit tile a dot runs on has K >= 16 (Triton's minimum for 16-bit operands).
+            assert all(t[2] >= 16 for t in tiles)
+    assert operand_class(2, "ieee") == "16-bit" and operand_class(2, "ieee", False) == "16-bit-nchw"
+    assert operand_class(4, "tf32") == "tf32" and operand_class(4, "ieee", False) == "fp32-nchw"
+
+
+def test_pruning_drops_a_tile_over_the_limit_on_sm80_only(monkeypatch):
+    """A 16-bit forward tile whose bound (229,376 bytes) lies between sm_80's and sm_90's limits."""
+    big = (256, 128, 64, 8, 3)
+    assert SHARED_MEMORY_LIMIT[80] < shared_memory_bound("forward", big, 2) <= SHARED_MEMORY_LIMIT[90]
+    monkeypatch.setitem(configs.TILES["forward"], "16-bit", [big, (64, 64, 64, 4, 4)])
+    assert tiles_that_fit("forward", "16-bit", 90, SHARED_MEMORY_LIMIT[90]) == [big, (64, 64, 64, 4, 4)]
+    assert tiles_that_fit("forward", "16-bit", 80, SHARED_MEMORY_LIMIT[80]) == [(64, 64, 64, 4, 4)]
+    # None fits: the smallest is kept, so the launch reports the real shortfall.
+    monkeypatch.setitem(configs.TILES["forward"], "16-bit", [big])
+    assert tiles_that_fit("forward", "16-bit", 80, SHARED_MEMORY_LIMIT[80]) == [big]
 
 
 def test_problems_flags_errors_overflow_and_spills():
@@ -93,14 +166,22 @@ def test_problems_flags_errors_overflow_and_spills():
     assert "shared memory" in problems([dict(ok, shared=232449)], 0)[0]
     assert "spills 8 bytes" in problems([dict(ok, spill_stores=8)], 0)[0]
     assert problems([dict(ok, spill_stores=8)], 8) == []
+    assert "atomic" in problems([dict(ok, atomics=2)], 0)[0]
+    assert "scalar 16-bit" in problems([dict(ok, layout="channels_last", scalar_16bit_loads=4)], 0)[0]
+    assert problems([dict(ok, scalar_16bit_loads=4)], 0) == []  # NCHW taps load element by element
 
 
 def test_ptx_and_ptxas_readers():
     ptx = ("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {...};\n"
            "cp.async.cg.shared.global [ %r1 + 0 ], [ %rd2 + 0 ], 0x10, %r3;\n"
            "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n"
-           "@%p1 st.global.b16 [ %rd5 + 0 ], { %rs1 };\n")
-    assert ptx_features(ptx) == dict(tensor_cores="wgmma", cp_async=1, widest_load=16, widest_store=2)
+           "@%p1 st.global.b16 [ %rd5 + 0 ], { %rs1 };\n"
+           "@%p2 ld.global.b16 { %rs65 }, [ %rd23 + 0 ];\n"
+           "ld.global.nc.L1::evict_last.u16 { %rs2 }, [ %rd7 + 0 ];\n"
+           "ld.global.v2.b16 { %rs3, %rs4 }, [ %rd8 + 0 ];\n"
+           "atom.global.add.f32 %f1, [ %rd9 ], %f2;\nred.global.add.f32 [ %rd9 ], %f2;\n")
+    assert ptx_features(ptx) == dict(tensor_cores="wgmma", cp_async=1, widest_load=16, widest_store=2,
+                                     scalar_16bit_loads=2, atomics=2)
     log = ("ptxas info    : Function properties for k\n"
            "    184 bytes stack frame, 176 bytes spill stores, 224 bytes spill loads\n"
            "ptxas info    : Used 255 registers, used 1 barriers\n")

@@ -27,8 +27,19 @@ CASES = [
     (dict(skip=torch.randn(2, 6, 8, 11)), ValueError, ["skip", "[N=2, Cs>=1, 8, 10]", "(2, 6, 8, 11)"]),
     (dict(skip=torch.randn(2, 6, 9, 10)), ValueError, ["skip", "(2, 6, 9, 10)"]),
     (dict(skip=torch.randn(3, 6, 8, 10)), ValueError, ["skip", "batch size 3", "x's 2"]),
-    (dict(weight=torch.randn(4, 7, 2, 2)), ValueError, ["weight", "[Cin=3, Cout, 2, 2]", "(4, 7, 2, 2)"]),
-    (dict(weight=torch.randn(3, 7, 3, 3)), ValueError, ["weight", "(3, 7, 3, 3)"]),
+    (dict(weight=torch.randn(4, 7, 2, 2)), ValueError, ["weight", "[Cin=3, Cout, k, k]", "(4, 7, 2, 2)"]),
+    # A 3x3 kernel is a valid step (stride 3), but then skip must be 3x x's size.
+    (dict(weight=torch.randn(3, 7, 3, 3)), ValueError, ["skip", "[N=2, Cs>=1, 12, 15]", "kernel size [3, 3]"]),
+    (dict(weight=torch.randn(3, 7, 2, 0)), ValueError, ["weight", "(3, 7, 2, 0)"]),
+    (dict(weight=torch.randn(3, 7, 2, 2, 2)), ValueError, ["weight", "(3, 7, 2, 2, 2)"]),
+    (dict(stride=(2, 1)), ValueError, ["stride", "kernel size [2, 2]", "(2, 1)"]),
+    (dict(skip_first=None), TypeError, ["skip_first", "bool"]),
+    (dict(x=torch.randn(2, 3, 4, 5, 6, 7)), ValueError, ["x", "5-D", "(2, 3, 4, 5, 6, 7)"]),
+    # Volumes: x [2, 3, 2, 4, 5] with a 1x2x2 kernel wants skip [2, Cs, 2, 8, 10].
+    (dict(x=torch.randn(2, 3, 2, 4, 5), weight=torch.randn(3, 7, 1, 2, 2), skip=torch.randn(2, 6, 4, 8, 10)),
+     ValueError, ["skip", "[N=2, Cs>=1, 2, 8, 10]", "(2, 6, 4, 8, 10)"]),
+    (dict(x=torch.randn(2, 3, 2, 4, 5), weight=torch.randn(3, 7, 2, 2), skip=torch.randn(2, 6, 4, 8, 10)),
+     ValueError, ["weight", "ConvTranspose3d", "(3, 7, 2, 2)"]),
     (dict(weight=torch.randn(3, 7)), ValueError, ["weight", "(3, 7)"]),
     (dict(bias=torch.randn(6)), ValueError, ["bias", "[Cout=7]", "(6,)"]),
     (dict(bias=torch.randn(7, 1)), ValueError, ["bias", "(7, 1)"]),
@@ -36,7 +47,7 @@ CASES = [
     (dict(skip=torch.randn(2, 6, 8, 10, dtype=torch.float16)), TypeError, ["skip=torch.float16"]),
     (dict(x=torch.ones(2, 3, 4, 5, dtype=torch.int32)), TypeError, ["x", "torch.int32"]),
     (dict(relu=1), TypeError, ["relu", "bool"]),
-    (dict(x=torch.randn(2, 3, 0, 5)), ValueError, ["x", "H, W >= 1"]),
+    (dict(x=torch.randn(2, 3, 0, 5)), ValueError, ["x", "spatial size >= 1"]),
     (dict(skip=torch.randn(2, 0, 8, 10)), ValueError, ["skip", "Cs>=1"]),
 ]
 
@@ -48,7 +59,7 @@ def test_up_concat_rejects_bad_input(monkeypatch, changes, exc, words):
         pytest.fail("up_concat ran before rejecting its input")
 
     monkeypatch.setattr(up_concat_op, "_triton_forward", reached)
-    monkeypatch.setattr(torch_path, "up_concat_forward", reached)
+    monkeypatch.setattr(torch_path, "forward", reached)
     args = good(**{k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in changes.items()})
     with pytest.raises(exc) as info:
         up_concat(**args)

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from unet_fast import ReferenceUNet, UNet, up_concat
-from helpers import DEVICE, PATHS, assert_close_to_reference, select_path
-from test_up_concat import make_inputs
+from helpers import DEVICE, PATHS, assert_close_to_reference, make_inputs, select_path
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -14,8 +13,8 @@ def test_opcheck_up_concat(monkeypatch, path, relu, layout):
     select_path(monkeypatch, path)
     x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(2, 3, 4, 5, 2, 3, torch.float32,
                                                                      memory_format=layout)]
-    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, bias, relu))
-    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, None, relu))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, bias, relu, False))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat.default, (x, skip, weight, None, relu, True))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -24,8 +23,8 @@ def test_opcheck_up_concat_backward(monkeypatch, path):
     x, skip, weight, bias = make_inputs(2, 3, 4, 5, 2, 3, torch.float32)
     out = up_concat(x, skip, weight, bias)
     grad = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, out, x, weight, True))
-    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, None, x, weight, False))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, out, x, weight, True, False))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, None, x, weight, False, True))
 
 
 @pytest.mark.gpu  # run by benchmarks/gpu_run.sh too: torch.compile of UNet, compiled kernels

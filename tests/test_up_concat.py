@@ -3,33 +3,9 @@ import pytest
 import torch
 
 import unet_fast
-from unet_fast import reference, up_concat
-from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
-                     spy_on_triton_launches)
-
-# (N, Cin, Cout, Cs, H, W): odd channel counts, H or W of 1, odd spatial sizes, more than one
-# tile of pixels and of channels.
-SHAPES = [
-    (2, 17, 33, 3, 5, 7),
-    (1, 1, 1, 1, 1, 1),
-    (3, 3, 17, 33, 1, 9),
-    (1, 33, 3, 17, 6, 1),
-    (2, 40, 36, 20, 7, 5),
-]
-
-
-def make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=torch.contiguous_format, bias=True):
-    x = randn(n, cin, h, w, dtype=dtype, memory_format=memory_format)
-    skip = randn(n, cs, 2 * h, 2 * w, dtype=dtype, memory_format=memory_format)
-    weight = randn(cin, cout, 2, 2, dtype=dtype)
-    b = randn(cout, dtype=dtype) if bias else None
-    return x, skip, weight, b
-
-
-def reference_out(x, skip, weight, bias, relu):
-    up = [t.double() if t is not None else None for t in (x, skip, weight, bias)]
-    return reference.up_concat(*up, relu=relu)
-
+from unet_fast import up_concat
+from helpers import (DEVICE, DTYPES, LAYOUTS, PATHS, SHAPES, assert_close_to_reference, layout_inputs,
+                     make_inputs, randn, reference_out, select_path, spy_on_triton_launches)
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("relu", [True, False])
@@ -41,22 +17,6 @@ def test_forward_matches_reference(monkeypatch, path, shape, dtype, relu):
     out = up_concat(*args, relu=relu)
     assert out.dtype == dtype and out.device.type == DEVICE.type
     assert_close_to_reference(out, reference_out(*args, relu), dtype, "out")
-
-
-LAYOUTS = ["contiguous", "channels_last", "strided_view"]
-
-
-def layout_inputs(layout, dtype):
-    n, cin, cout, cs, h, w = 2, 19, 21, 11, 6, 5
-    if layout == "strided_view":
-        # Every tensor a view with gaps and odd strides: the kernels take all strides as given.
-        x = randn(n, cin + 3, h, 2 * w, dtype=dtype)[:, 2:cin + 2, :, ::2]
-        skip = randn(n, 2 * h, 2 * w, cs + 1, dtype=dtype).permute(0, 3, 1, 2)[:, 1:]
-        weight = randn(cout, cin, 2, 2, dtype=dtype).transpose(0, 1)
-        bias = randn(2 * cout, dtype=dtype)[::2]
-        return x, skip, weight, bias
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    return make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=fmt)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -110,7 +70,7 @@ def test_triton_path_runs_the_triton_kernel(monkeypatch):
     from unet_fast.kernels import up_concat_forward as fwd_module
 
     select_path(monkeypatch, "triton")
-    launches = spy_on_triton_launches(monkeypatch, fwd_module, "up_concat_forward")
+    launches = spy_on_triton_launches(monkeypatch, fwd_module, "forward")
     args = make_inputs(1, 3, 4, 5, 2, 3, torch.float32)
     out = up_concat(*args)
     assert len(launches) == 1, "exactly one kernel launch per forward"
@@ -128,7 +88,7 @@ def test_offsets_past_2_31_elements(monkeypatch):
     starts 2**31 elements into one float16 storage, so an offset that wraps to -2**31 still
     lands inside it: the bug gives wrong values and a clean failure, not a crash. The storage is
     reserved but, beyond each image's few elements, never touched, so this costs little memory."""
-    from unet_fast.kernels.up_concat_launch import up_concat_forward  # it takes out=
+    from unet_fast.kernels.up_concat_launch import launch_forward  # it takes out=
 
     select_path(monkeypatch, "triton")
     n, cin, cout, cs, h, w = 3, 3, 2, 2, 2, 2
@@ -147,7 +107,7 @@ def test_offsets_past_2_31_elements(monkeypatch):
     skip = randn(n, cs, 2 * h, 2 * w, dtype=torch.float16)
     weight = randn(cin, cout, 2, 2, dtype=torch.float16)
     bias = randn(cout, dtype=torch.float16)
-    up_concat_forward(x, skip, weight, bias, True, out=out)
+    launch_forward(x, skip, weight, bias, relu=True, skip_first=False, out=out)
     assert_close_to_reference(out, reference_out(x, skip, weight, bias, True), torch.float16, "out")
 
     leaves = [t.double().requires_grad_() for t in (x, skip, weight, bias)]
@@ -156,7 +116,7 @@ def test_offsets_past_2_31_elements(monkeypatch):
     # No gradient where the output is within float16 rounding of the ReLU's kink (ill-defined).
     grad.copy_(randn(*pre.shape, dtype=torch.float16).masked_fill(pre.abs() < 1e-3 * pre.abs().max(), 0))
     reference_out(*leaves, True).backward(grad.double())
-    got = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, True)
+    got = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, True, False)
     for name, g, leaf in zip(("dx", "dskip", "dweight", "dbias"), got, leaves):
         assert_close_to_reference(g, leaf.grad, torch.float16, name)
 

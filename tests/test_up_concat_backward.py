@@ -5,44 +5,8 @@ import torch
 from unet_fast.ops import torch_path
 from unet_fast import up_concat
 from unet_fast.ops.up_concat_op import _up_concat_backward
-from helpers import (DEVICE, DTYPES, PATHS, assert_close_to_reference, randn, select_path,
-                     spy_on_triton_launches)
-from test_up_concat import LAYOUTS, SHAPES, layout_inputs, make_inputs, reference_out
-
-
-def grads_against_reference(args, relu, dtype, what=""):
-    """Run the op and the float64 reference backward with one random grad_output; compare all.
-
-    Returns (conv, skip): how many outputs of the convolution channels and of the skip channels
-    the ReLU clipped while their grad_output was kept, i.e. where the comparison checks that the
-    op's ReLU mask zeroes the gradient as the reference's does."""
-    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in args]
-    ref_out = reference_out(*ref_leaves, relu)
-    grad_out = randn(*ref_out.shape, dtype=dtype)
-    clipped = (0, 0)
-    if relu:
-        # A value within rounding of 0 may land on either side of the ReLU in the op and in the
-        # float64 reference; its gradient is ill-defined, so it gets no gradient to compare.
-        # Decided from the values BEFORE the ReLU: after it every clipped value reads 0, looks
-        # "near the kink" and would lose its gradient, so the mask would never be compared.
-        with torch.no_grad():
-            pre = reference_out(*ref_leaves, False)
-        finite = pre[torch.isfinite(pre)].abs()
-        scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
-        near_kink = pre.abs() < 1e-4 * scale
-        grad_out = grad_out.masked_fill(near_kink, 0)
-        kept_and_clipped = (pre < 0) & ~near_kink  # NaN is neither: it passes its gradient
-        cout = args[2].shape[1]
-        clipped = (int(kept_and_clipped[:, :cout].sum()), int(kept_and_clipped[:, cout:].sum()))
-    ref_out.backward(grad_out.double())
-    leaves = [t.detach().requires_grad_() if t is not None else None for t in args]
-    up_concat(*leaves, relu=relu).backward(grad_out)
-    for name, got, ref in zip(("dx", "dskip", "dweight", "dbias"), leaves, ref_leaves):
-        if got is None:
-            continue
-        assert got.grad.dtype == dtype
-        assert_close_to_reference(got.grad, ref.grad, dtype, f"{name}{what}")
-    return clipped
+from helpers import (DEVICE, DTYPES, LAYOUTS, PATHS, SHAPES, assert_close_to_reference, grads_against_reference,
+                     layout_inputs, make_inputs, randn, reference_out, select_path, spy_on_triton_launches)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -122,7 +86,7 @@ def test_backward_op_directly(monkeypatch, path):
     x, skip, weight, bias = make_inputs(2, 3, 4, 5, 2, 3, torch.float32)
     out = up_concat(x, skip, weight, bias)
     grad = torch.ones(1, device=DEVICE).expand_as(out)
-    dx, dskip, dweight, dbias = _up_concat_backward(grad, out, x, weight, True)
+    dx, dskip, dweight, dbias = _up_concat_backward(grad, out, x, weight, True, False)
     ref = [t.double().requires_grad_() for t in (x, skip, weight, bias)]
     reference_out(*ref, True).sum().backward()
     for name, got, r in zip(("dx", "dskip", "dweight", "dbias"), (dx, dskip, dweight, dbias), ref):
@@ -135,7 +99,7 @@ def test_triton_backward_runs_its_two_kernels(monkeypatch):
     from unet_fast.kernels import up_concat_backward as bwd_module
 
     select_path(monkeypatch, "triton")
-    launches = spy_on_triton_launches(monkeypatch, bwd_module, "up_concat_backward")
+    launches = spy_on_triton_launches(monkeypatch, bwd_module, "backward")
     grads_against_reference(make_inputs(1, 3, 4, 5, 2, 3, torch.float32), True, torch.float32)
     assert sorted(launches) == ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"]
 

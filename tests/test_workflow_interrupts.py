@@ -52,6 +52,21 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
         assert all(torch.isfinite(w).all() for w in ckpt["model"].values()), name
 
 
+def test_an_infinite_loss_stops_training_before_the_step_too(tmp_path, capsys, monkeypatch):
+    """Inf, not only NaN: a check with isnan alone would apply this step and ruin the weights."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "segmentation_loss", _loss_that_turns(float("inf"), at_call=2))
+    stepped = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (stepped.append(1),
+                                                                          real_step(self, *a, **k))[1])
+    assert_cli_error(capsys, "train", *TINY, "--epochs", "1", "--out", out,
+                     contains=["training diverged at epoch 1, step 2 (batch 2 of 3): the loss is inf",
+                               "no checkpoint was saved yet"])
+    assert len(stepped) == 1, "the step with the infinite loss was applied"
+    assert tree(out) == {}
+
+
 def test_non_finite_weights_are_never_saved(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     real_evaluate = train_module.evaluate
@@ -141,8 +156,8 @@ def test_temporary_files_of_killed_processes_are_removed_by_the_next_run(tmp_pat
     out.mkdir()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a process id that no longer runs
-    stale = out / f".curves.png.{gone.pid}.ab12cd34.tmp"  # left by a run killed with SIGKILL
-    live = out / f".last.pt.{os.getppid()}.ef56gh78.tmp"  # a running process's: maybe still writing
+    stale = out / f".curves.png.unet_fast-{gone.pid}.ab12cd34.tmp"  # left by a run killed with SIGKILL
+    live = out / f".last.pt.unet_fast-{os.getppid()}.ef56gh78.tmp"  # a running process's: maybe still writing
     stale.write_bytes(b"")
     live.write_bytes(b"half")
     prepare_output_dir(out)

@@ -9,6 +9,7 @@ from unet_fast.ops import up_concat, uses_triton
 from unet_fast.reference import ReferenceUNet
 from unet_fast.workflow.checkpoint import load
 from unet_fast.workflow.predict import predict
+from unet_fast.adapters import fuse
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "ReferenceUNet", "up_concat", "uses_triton", "load", "predict", "__version__"]
+__all__ = ["UNet", "ReferenceUNet", "up_concat", "uses_triton", "load", "predict", "fuse", "__version__"]

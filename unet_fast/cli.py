@@ -7,6 +7,7 @@ except for --help, so `unet-fast predict` does not pay for the benchmark harness
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -73,6 +74,21 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM; an Interrupted says where it stopped
         print(f"unet-fast {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`unet-fast check | head -1`): stop quietly, as Unix
+        # tools do. Every file written so far is complete (atomic writes), and the rest of stdout
+        # goes nowhere, so Python's flush at exit does not print a second error.
+        _silence_stdout()
+        return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -9,10 +9,18 @@ from torch import nn
 from unet_fast.models.architecture import UNetLayers
 
 
+def conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None) -> torch.Tensor:
+    """The transposed convolution of a decoder step: stride = kernel size, per axis (2-D or 3-D)."""
+    conv = F.conv_transpose2d if x.dim() == 4 else F.conv_transpose3d
+    return conv(x, weight, bias, stride=tuple(weight.shape[2:]))
+
+
 def up_concat(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor = None, relu: bool = True) -> torch.Tensor:
-    """relu(cat([conv_transpose2d(x, weight, bias, stride=2), skip], dim=1)), the naive way."""
-    y = torch.cat([F.conv_transpose2d(x, weight, bias, stride=2), skip], dim=1)
+              bias: torch.Tensor = None, relu: bool = True, skip_first: bool = False) -> torch.Tensor:
+    """The decoder step, the naive way: the transposed convolution (stride = kernel size), then
+    cat([up, skip]) (or cat([skip, up]) when skip_first), then relu when asked."""
+    up = conv_transpose(x, weight, bias)
+    y = torch.cat([skip, up] if skip_first else [up, skip], dim=1)
     return torch.relu(y) if relu else y
 
 

@@ -20,11 +20,12 @@ Examples:
     unet-fast bench --case up1 --dtype bf16 --layout channels_last --mode full
     unet-fast bench --shape 4,256,128,128,96,96 --provider fused,eager
 """
-import os
+import math
 import sys
 
 from unet_fast import names
 from unet_fast.errors import InputError
+from unet_fast.workflow.atomic_write import atomic_write, atomic_write_plot, check_report_file
 
 QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="fp32", mode="full",
              provider="fused,eager", sets=2, warmup=1, repeats=3)
@@ -141,6 +142,15 @@ def _run(args) -> int:
     from unet_fast.bench import environment, report, roofline, runner
     from unet_fast.bench import providers as P
 
+    # Checked now, not after minutes of measuring: the output files and the numbers that
+    # resolve() does not check (a negative warm-up, a bandwidth that is not a positive number).
+    for option, path, plot in (("--json", args.json, False), ("--plot", args.plot, True)):
+        if path:
+            check_report_file(path, option, plot=plot)
+    if args.warmup is not None and args.warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.bandwidth is not None and not (math.isfinite(args.bandwidth) and args.bandwidth > 0):
+        raise InputError(f"--bandwidth must be a positive number of GB/s, got {args.bandwidth}")
     try:
         device = environment.pick_device(args.device)
     except RuntimeError as e:
@@ -164,11 +174,6 @@ def _run(args) -> int:
     jobs = runner.plan(chosen, dtypes, layouts, modes, providers)
     if not jobs:
         raise InputError("the filters leave nothing to run")
-
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):  # say so now, not after an hour of measuring
-            raise InputError(f"{option} {path}: folder {folder} does not exist")
 
     meta = environment.metadata(device)
     cfg = runner.RunConfig(device=device, n_sets=args.sets, cpu_warmup=args.warmup or 0,
@@ -200,10 +205,10 @@ def _run(args) -> int:
     meta["loadavg_end"] = environment.loadavg()
     print(report.format_bench_table(rows, meta))
     if args.json:
-        report.write_json(args.json, rows, meta)
+        atomic_write(args.json, lambda tmp: report.write_json(tmp, rows, meta))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
-        report.plot_speedups(args.plot, rows, meta)
+        atomic_write_plot(args.plot, lambda f: report.plot_speedups(f, rows, meta))
         print(f"wrote {args.plot}", file=sys.stderr)
     failed = [r for r in rows if r["status"] == "error"]
     if failed:

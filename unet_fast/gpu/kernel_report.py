@@ -6,11 +6,18 @@ kernel is compiled with exactly the specializations and the configs (after pruni
 there would use. One row per kernel, case, dtype, layout and config: registers per thread and
 spill bytes (ptxas -v), shared memory against the architecture's limit, the tensor-core
 instruction (wgmma on sm_90, mma), async copies (cp.async), the widest global load and store in
-bytes, and the compile time. dtype "tf32" is float32 with cudnn.allow_tf32 (PyTorch's default);
-"fp32" is float32 without it.
+bytes, scalar 16-bit global loads, atomics, and the compile time. dtype "tf32" is float32 with
+cudnn.allow_tf32 (PyTorch's default); "fp32" is float32 without it. Each step is compiled with
+ReLU and bias and with neither, and each of those with int64 offsets (IDX64) forced on and off.
+Beside each row, the kernel's byte model (kernels/byte_model.py): DRAM bytes moved as written
+against the floor, the ratio, and the implied H100 / H200 time range -- MODELLED, NOT MEASURED.
+
+Steps: the default UNet's 2-D steps up3, up2, up1 (batch 8) and nnU-Net's 3-D steps 3d5 ... 3d1
+plus the anisotropic 3da (batch 2); see kernels/byte_model.py STEPS.
 
 Exit status 1 when a kernel fails to compile, needs more shared memory than the architecture has,
-or spills more than --max-spill bytes.
+spills more than --max-spill bytes, has an atomic instruction, or (16-bit channels_last) loads a
+16-bit element on its own.
 
 Examples:
     unet-fast kernels --arch sm_90 --arch sm_80
@@ -22,17 +29,22 @@ import sys
 
 from unet_fast import names
 from unet_fast.errors import InputError
+from unet_fast.workflow.atomic_write import atomic_write_text, check_report_file
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
 LAYOUT_CHOICES = tuple(names.LAYOUTS)
-CASE_CHOICES = ("up3", "up2", "up1")
+CASE_CHOICES = ("up3", "up2", "up1", "3d5", "3d4", "3d3", "3d2", "3d1", "3da")  # byte_model.STEP_NAMES
 # Spill bytes per thread allowed in a launchable config. Zero: every config in kernels/configs.py
 # was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
 MAX_SPILL_BYTES = 0
 COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), ("config", "{}"),
+           ("relu", "{}"), ("has_bias", "{}"), ("idx64", "{}"),
            ("registers", "{}"), ("spill_stores", "{}"), ("shared", "{}"), ("shared_limit", "{}"),
            ("tensor_cores", "{}"), ("cp_async", "{}"), ("widest_load", "{}"), ("widest_store", "{}"),
-           ("compile_s", "{:.1f}"))
+           ("scalar_16bit_loads", "{}"), ("atomics", "{}"), ("compile_s", "{:.1f}"),
+           ("moved_mb", "{:.1f}"), ("floor_mb", "{:.1f}"), ("x_floor", "{:.2f}"), ("h100_us", "{}"),
+           ("h200_us", "{}"))
+SIXTEEN_BIT = ("bf16", "fp16")
 
 
 def _choices(text, choices, option, canonical=None):
@@ -47,7 +59,8 @@ def add_arguments(parser) -> None:
                         help="GPU architecture to compile for: sm_90 (H100, H200) or sm_80 (A100); "
                              "repeatable (default sm_90)")
     parser.add_argument("--case", default=",".join(CASE_CHOICES),
-                        help="the default UNet's decoder steps at batch 8 from 512x512 (default all)")
+                        help="decoder steps: the default UNet's 2-D ones at batch 8 from 512x512 (up3, up2, "
+                             "up1) and nnU-Net's 3-D ones at batch 2 (3d5 ... 3d1, 3da) (default all)")
     parser.add_argument("--dtype", default=",".join(DTYPE_CHOICES), help="comma list (default all)")
     parser.add_argument("--layout", default=",".join(LAYOUT_CHOICES), help="comma list (default both)")
     parser.add_argument("--max-spill", type=int, default=MAX_SPILL_BYTES,
@@ -56,7 +69,8 @@ def add_arguments(parser) -> None:
 
 
 def problems(rows, max_spill: int) -> list:
-    """What makes a row fail: a compile error, shared memory over the limit, spills over the bound."""
+    """What makes a row fail: a compile error, shared memory over the limit, spills over the bound,
+    an atomic instruction, a scalar 16-bit global load in a 16-bit channels_last kernel."""
     found = []
     for r in rows:
         where = f"{r['kernel']} {r['case']} {r['dtype']} {r['layout']} {r['config']} on {r['arch']}"
@@ -67,6 +81,10 @@ def problems(rows, max_spill: int) -> list:
             found.append(f"{where}: needs {r['shared']} bytes of shared memory, the GPU has {r['shared_limit']}")
         if (r["spill_stores"] or 0) > max_spill:
             found.append(f"{where}: spills {r['spill_stores']} bytes per thread (bound {max_spill})")
+        if r.get("atomics"):
+            found.append(f"{where}: {r['atomics']} atomic instructions (the kernels must be deterministic)")
+        if r.get("scalar_16bit_loads") and r["dtype"] in SIXTEEN_BIT and r["layout"] == "channels_last":
+            found.append(f"{where}: {r['scalar_16bit_loads']} scalar 16-bit global loads")
     return found
 
 
@@ -81,14 +99,17 @@ def format_static_table(rows) -> str:
 
 
 def run(args) -> int:
-    from unet_fast.cases import decoder_cases
+    if args.json:  # now, not after the compiles
+        check_report_file(args.json, "--json")
+    from unet_fast.kernels.byte_model import STEPS
     from unet_fast.bench.environment import git_commit, triton_version
     from unet_fast.kernels.offline_target import parse_arch
     try:
         arches = [parse_arch(a) for a in (args.arch or ["sm_90"])]
     except ValueError as e:
         raise InputError(str(e)) from e
-    cases = [c for c in decoder_cases(batch=8) if c.name in _choices(args.case, CASE_CHOICES, "--case")]
+    chosen = _choices(args.case, CASE_CHOICES, "--case")
+    cases = [s for s in STEPS if s.name in chosen]
     dtypes = _choices(args.dtype, DTYPE_CHOICES, "--dtype", names.dtype_name)
     layouts = _choices(args.layout, LAYOUT_CHOICES, "--layout", names.layout_name)
     from unet_fast.gpu.static_compile import compile_report
@@ -102,6 +123,8 @@ def run(args) -> int:
         rows += [dict(r, arch=f"sm_{arch}") for r in arch_rows]
     print("Static analysis (compiled on this machine for the GPU, not run, not timed); "
           f"triton {triton_version()}, commit {git_commit()}")
+    print("moved_mb / floor_mb / x_floor / h100_us / h200_us: the byte model (kernels/byte_model.py), "
+          "modelled, not measured")
     for arch in arches:
         print(f"\nsm_{arch}:")
         print(format_static_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
@@ -111,9 +134,7 @@ def run(args) -> int:
                     triton=triton_version(), commit=git_commit(), arches=[f"sm_{a}" for a in arches],
                     max_spill=args.max_spill, problems=found,
                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-            f.write("\n")
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     for line in found:
         print(f"FAIL {line}", file=sys.stderr)
     print(f"\n{len(rows)} kernels compiled, {len(found)} problems", file=sys.stderr)

@@ -1,51 +1,187 @@
-"""The decoder steps benchmarks/gpu_run.sh launches on a GPU, and the Triton cache made for them.
+"""The parts of benchmarks/gpu_run.sh, and the Triton cache plan recorded from them.
 
-    python -m unet_fast.gpu.plan record PLAN.json [--arch sm_90]
+    python -m unet_fast.gpu.plan record PLAN.json [--arch sm_90] [--parts env,tests,steps,model,compiled]
+    python -m unet_fast.gpu.plan bench-calls PART     # the bench calls gpu_run.sh makes in PART
 
-records, without compiling, Triton's serialized specialization of every kernel and config those
-launches compile; benchmarks/build_triton_cache.py then compiles them under the GPU machines'
-Python and Triton, so the GPU's scarce minutes go to measuring. A kernel specializes on its
-dtypes, its stride-1 dimensions and which integer arguments are divisible by 16, not on the sizes
-themselves: the default steps at batch 8 (the benchmarks) and at batch 2 (tests/test_gpu.py)
-compile the same kernels. The odd shapes below are the ones tests/test_gpu.py and
-`unet-fast check` add.
+`record` runs each part's own code on this CPU in record mode (unet_fast/gpu/record.py): the env
+part's `unet-fast check` (TF32 on, float64 too), the tests part's `pytest -m gpu` (at the GPU's
+sizes: the tests see a device whose type is "cuda"), and the bench calls of the steps, model and
+compiled parts (the providers that run the fused op). Every Triton launch they make is recorded,
+not run, as Triton's serialized specialization for sm_90 (dtypes, which strides are 1, which
+integers divide by 16: channels_last model weights, a contiguous incoming gradient for a
+channels_last output, whatever the code really passes), with the parts that launched it.
+benchmarks/build_triton_cache.py then compiles them under the GPU machines' Python and Triton.
+
+The bench calls are listed once, here (BENCH_CALLS): gpu_run.sh runs them on the GPU and `record`
+runs them here, so the plan cannot drift from what the run launches.
 """
 import argparse
+import contextlib
 import json
+import os
 import sys
+import time
 
-from unet_fast.cases import CHECK_STEP, ODD_STEPS, decoder_cases
-# What each group of launches runs in (tf32: float32 with PyTorch's default cudnn.allow_tf32).
-LAUNCHES = (
-    (decoder_cases(batch=8), ("fp32", "tf32", "bf16", "fp16"), ("contiguous", "channels_last")),
-    (ODD_STEPS, ("fp32", "bf16"), ("contiguous", "channels_last")),
-    ((CHECK_STEP,), ("tf32", "fp16", "bf16", "fp64"), ("contiguous",)),
-)
+PART_NAMES = ("env", "tests", "steps", "model", "compiled")
+
+# part -> ((name of the JSON file in $OUT, `unet-fast bench` arguments), ...): what gpu_run.sh runs.
+BENCH_CALLS = {
+    "steps": (
+        ("steps", "--case up3,up2,up1 --dtype bfloat16 --layout channels_last --mode forward,backward,full "
+                  "--provider fused,eager,compiled --compile-mode default"),
+        ("steps-fp32", "--case up3,up2,up1 --dtype float32 --layout contiguous --mode forward "
+                       "--provider fused,eager,compiled --compile-mode default"),
+    ),
+    "model": (("model", "--case unet --dtype bfloat16 --layout channels_last --provider fused,eager"),),
+    "compiled": (("model-compiled", "--case unet --dtype bfloat16 --layout channels_last "
+                                    "--provider compiled,fused-compiled --compile-mode default"),),
+}
+
+# Recording a bench call here: one call per row, only the providers that run the fused op, at the
+# GPU's sizes (the bench's GPU defaults: batch 8 decoder steps from 512x512 images, the UNet at
+# batch 8 on 512x512). Smaller sizes do not record the same kernels: the autotuner's pruning,
+# the weight gradient's split count and constexprs derived from the sizes all follow them
+# (tests/test_gpu_plan_coverage.py keeps these equal to the bench's GPU defaults). The fused op's
+# results are not computed while the bench parts record (nothing there checks them), which
+# leaves the network's other layers as the cost: minutes on a 2-core CPU, once per dry run.
+GPU_SIZES = dict(batch=8, image_size=512, model_batch=8, model_size=512)
+RECORD_SIZES = GPU_SIZES
+RECORD_BENCH_OPTIONS = ("--device cpu --no-progress --sets 1 --warmup 0 --repeats 1 --compile "
+                        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in RECORD_SIZES.items()))
 
 
-def record(capability: int) -> list:
-    from unet_fast.gpu.static_compile import record_specializations
-    specs = []
-    for cases, dtypes, layouts in LAUNCHES:
-        specs += record_specializations(capability, cases, dtypes, layouts)
-    return list({s["specialization"]: s for s in specs}.values())
+def _fused_only(arguments: str) -> list:
+    words = arguments.split()
+    i = words.index("--provider")
+    providers = [p for p in words[i + 1].split(",") if p.startswith("fused")]
+    return words[:i] + ["--provider", ",".join(providers)] + words[i + 2:] if providers else []
+
+
+class _CudaLookingDevice(str):
+    """The CPU as a device argument ("cpu" to torch) whose `.type` reads "cuda": test modules
+    pick the GPU's sizes from `DEVICE.type` at import, then make their tensors on the CPU."""
+    type = "cuda"
+    index = None
+
+
+class _TestsAtGpuSizes:
+    """A pytest plugin: the tests' DEVICE looks like a GPU (before any test module imports it)."""
+
+    def pytest_sessionstart(self, session):
+        import helpers
+        helpers.DEVICE = _CudaLookingDevice("cpu")
+
+
+def record_env(_options) -> int:
+    import torch
+
+    from unet_fast import check
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default on a GPU: check runs float32 as TF32
+    return check.run(argparse.Namespace(device="cpu", seed=0))
+
+
+def record_tests(options) -> int:
+    import pytest
+    args = ["tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+            "-W", "ignore"] + list(options.pytest_args)
+    return int(pytest.main(args, plugins=[_TestsAtGpuSizes()]))
+
+
+def record_bench(part: str):
+    def run(_options) -> int:
+        from unet_fast.cli import main
+        rc = 0
+        for _name, arguments in BENCH_CALLS[part]:
+            words = _fused_only(arguments)
+            if words:
+                rc |= main(["bench", *words, *RECORD_BENCH_OPTIONS.split()])
+        return rc
+    return run
+
+
+RECORDERS = {"env": record_env, "tests": record_tests, "steps": record_bench("steps"),
+             "model": record_bench("model"), "compiled": record_bench("compiled")}
+# Parts whose code checks the op's results (so record mode computes them with PyTorch).
+CHECKED_PARTS = ("env", "tests")
+
+
+@contextlib.contextmanager
+def _bench_runs_the_op():
+    """The bench sends the CPU's fused rows to the PyTorch path (runner.cpu_fast_path); the GPU
+    sends them to the kernels, which is what is recorded."""
+    from unet_fast.bench import runner
+    saved = runner.cpu_fast_path
+    runner.cpu_fast_path = lambda device: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        runner.cpu_fast_path = saved
+
+
+def record(capability: int, parts=PART_NAMES, options=None, log=sys.stderr, after_part=None):
+    """A Recorder holding every specialization the parts launch, and {part: exit status}.
+    after_part(recorder, status) is called as each part ends (the plan is written part by part,
+    so a part that kills the process, out of memory say, leaves the parts before it)."""
+    from unet_fast.gpu.record import Recorder, record_mode
+    options = options or argparse.Namespace(pytest_args=())
+    recorder, status = Recorder(), {}
+    for part in parts:
+        recorder.part = part
+        start, before = time.perf_counter(), len(recorder.entries)
+        with record_mode(capability, recorder, compute=part in CHECKED_PARTS), _bench_runs_the_op():
+            try:
+                status[part] = RECORDERS[part](options)
+            except SystemExit as e:
+                status[part] = e.code if isinstance(e.code, int) else 1
+        print(f"plan: {part}: exit {status[part]}, {len(recorder.keys(part))} kernel specializations "
+              f"({len(recorder.entries) - before} new) in {time.perf_counter() - start:.0f} s", file=log)
+        if after_part:
+            after_part(recorder, status)
+    return recorder, status
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unet_fast.gpu.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["record"])
-    parser.add_argument("plan", help="JSON file to write")
-    parser.add_argument("--arch", default="sm_90")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record", help="record the plan from the parts")
+    r.add_argument("plan", help="JSON file to write")
+    r.add_argument("--arch", default="sm_90")
+    r.add_argument("--parts", default=",".join(PART_NAMES))
+    r.add_argument("--pytest-args", default="", help="extra pytest arguments for the tests part")
+    b = sub.add_parser("bench-calls", help="print a part's bench calls: NAME ARGUMENTS..., one a line")
+    b.add_argument("part", choices=sorted(BENCH_CALLS))
     args = parser.parse_args(argv)
+    if args.command == "bench-calls":
+        for name, arguments in BENCH_CALLS[args.part]:
+            print(name, arguments)
+        return 0
+    os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are decorated (conftest keeps it)
     import triton
     from unet_fast.kernels.offline_target import parse_arch
     capability = parse_arch(args.arch)
-    specs = record(capability)
-    with open(args.plan, "w") as f:
-        json.dump(dict(triton=triton.__version__, capability=capability, specializations=specs), f)
-    print(f"recorded {len(specs)} kernel specializations for sm_{capability} (Triton {triton.__version__})",
-          file=sys.stderr)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PART_NAMES)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PART_NAMES)}")
+    options = argparse.Namespace(pytest_args=args.pytest_args.split())
+
+    def write(recorder, status):
+        with open(args.plan + ".part", "w") as f:
+            json.dump(dict(triton=triton.__version__, capability=capability, parts=list(status), status=status,
+                           specializations=recorder.specializations()), f)
+        os.replace(args.plan + ".part", args.plan)
+
+    if os.path.exists(args.plan):
+        os.remove(args.plan)
+    recorder, status = record(capability, parts, options, after_part=write)
+    specs = recorder.specializations()
+    print(f"recorded {len(specs)} kernel specializations for sm_{capability} (Triton {triton.__version__}) "
+          f"from {', '.join(parts)}", file=sys.stderr)
+    failed = [p for p, rc in status.items() if rc]
+    if failed:
+        print(f"plan: parts that did not end cleanly here: {', '.join(failed)} (their launches up to "
+              "the failure are recorded)", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,7 @@
 """Compile the up_concat kernels for a GPU this machine does not have, and read what the GPU
-would get: registers, spills, shared memory, tensor-core and async-copy instructions.
+would get: registers, spills, shared memory, tensor-core and async-copy instructions, scalar
+16-bit global loads and atomics; beside each row, the kernel's byte model (kernels/byte_model.py:
+modelled, not measured).
 
 Static analysis, not a timing. The real launchers (kernels/up_concat_launch.py) run on empty CPU
 tensors of each case's shapes, so every specialization (divisible strides, stride-1 dimensions,
@@ -18,7 +20,11 @@ import torch
 from unet_fast import names
 
 KERNEL_NAMES = {"up_concat_forward_kernel": "forward", "up_concat_backward_input_kernel": "backward_input",
-                "up_concat_backward_weight_kernel": "backward_weight"}
+                "up_concat_backward_weight_kernel": "backward_weight",
+                "up_concat_weight_reduce_kernel": "weight_reduce"}
+# The constexpr variants each decoder step is compiled in: (ReLU, bias). Together with IDX64
+# forced on and off (compile_report) and the step's own specializations.
+VARIANTS = ((True, True), (False, False))
 
 
 def ptxas_resources(log: str) -> dict:
@@ -38,6 +44,17 @@ def _access_bytes(ptx: str, op: str) -> int:
     return widest
 
 
+def scalar_16bit_loads(ptx: str) -> int:
+    """Global loads of one 16-bit element (ld.global[.nc...].b16, not .v2/.v4): what a 16-bit
+    tile the compiler could not vectorize costs (cp.async and vector loads are not counted)."""
+    return len(re.findall(r"\bld\.global(?:\.(?!v\d)[\w:]+)*?\.[bfsu]16\b", ptx))
+
+
+def atomics(ptx: str) -> int:
+    """atom.* and red.* instructions: none is allowed (the kernels are deterministic)."""
+    return len(re.findall(r"\b(?:atom|red)\.", ptx))
+
+
 def ptx_features(ptx: str) -> dict:
     if "wgmma.mma_async" in ptx:
         tensor_cores = "wgmma"
@@ -46,10 +63,13 @@ def ptx_features(ptx: str) -> dict:
     else:
         tensor_cores = "-"
     return dict(tensor_cores=tensor_cores, cp_async=len(re.findall(r"\bcp\.async\.(?:ca|cg|bulk)", ptx)),
-                widest_load=_access_bytes(ptx, "ld"), widest_store=_access_bytes(ptx, "st"))
+                widest_load=_access_bytes(ptx, "ld"), widest_store=_access_bytes(ptx, "st"),
+                scalar_16bit_loads=scalar_16bit_loads(ptx), atomics=atomics(ptx))
 
 
 def _config_label(kwargs: dict) -> str:
+    if "BLOCK_M" not in kwargs:  # the dW reduction: BLOCK elements per program
+        return f"{kwargs['BLOCK']} w{kwargs.get('num_warps', 4)}"
     return (f"{kwargs['BLOCK_M']}x{kwargs['BLOCK_N']}x{kwargs['BLOCK_K']} "
             f"w{kwargs.get('num_warps', 4)} s{kwargs.get('num_stages', 3)}")
 
@@ -87,15 +107,26 @@ class _Compiler:
         self.shared_limit = SHARED_MEMORY_LIMIT[capability]
         self.context = {}
         self.rows = []
+        # Compile the int64-offset variant of every launch that has one (IDX64 forced on): the
+        # variant a launch takes when a tensor spans 2**31 elements, which the report's shapes
+        # do not reach.
+        self.force_idx64 = False
 
     def __call__(self, kernel, grid, args, kwargs):
+        if "IDX64" in kwargs:
+            kwargs = dict(kwargs, IDX64=kwargs["IDX64"] or self.force_idx64)
+        elif self.force_idx64:
+            return  # a kernel without int64 offsets (the dW reduction) is in the int32 rows
         fn, configs = configs_of(kernel, args, kwargs)
         for config in configs:
             self._compile(fn, grid, args, {**kwargs, **config})
 
     def _compile(self, fn, grid, args, kwargs):
         row = dict(self.context, kernel=KERNEL_NAMES.get(fn.__name__, fn.__name__),
-                   config=_config_label(kwargs), shared_limit=self.shared_limit, error=None)
+                   config=_config_label(kwargs), shared_limit=self.shared_limit, error=None,
+                   idx64=bool(kwargs.get("IDX64")), relu=bool(kwargs.get("RELU")),
+                   has_bias=bool(kwargs.get("HAS_BIAS")))
+        row.update(byte_model_columns(row, kwargs))
         log = io.StringIO()
         start = time.perf_counter()
         try:
@@ -117,15 +148,48 @@ def _empty(shape, dtype, fmt):
     return torch.empty(shape, dtype=dtype).contiguous(memory_format=fmt)
 
 
-def launch_decoder_step(case, dtype, fmt):
-    """The forward and the backward launches of one decoder step, on empty tensors."""
-    from unet_fast.kernels.up_concat_launch import up_concat_backward, up_concat_forward
-    x = _empty([case.n, case.cin, case.h, case.w], dtype, fmt)
-    skip = _empty([case.n, case.cs, 2 * case.h, 2 * case.w], dtype, fmt)
-    weight = torch.empty(case.cin, case.cout, 2, 2, dtype=dtype)
-    bias = torch.empty(case.cout, dtype=dtype)
-    out = up_concat_forward(x, skip, weight, bias, True)
-    up_concat_backward(torch.empty_like(out), out, x, weight, relu=True, has_bias=True)
+def model_step(case):
+    """The kernels/byte_model.py Step of a case: itself, or a 2x2 step from a cases.StepCase."""
+    from unet_fast.kernels import byte_model
+    if isinstance(case, byte_model.Step):
+        return case
+    return byte_model.Step(case.name, case.n, case.cin, case.cout, case.cs, (case.h, case.w), (2, 2), relu=True)
+
+
+# The step each row is compiled for (set by compile_report), for the byte-model columns.
+_current_step = None
+
+
+def byte_model_columns(row, kwargs) -> dict:
+    """moved / floor bytes of the row's kernel for its step and tile (MODELLED, NOT MEASURED)."""
+    from unet_fast.kernels import byte_model
+    if _current_step is None or row["kernel"] not in byte_model.KERNELS:
+        return {}
+    elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
+    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
+    m = byte_model.kernel_bytes(row["kernel"], _current_step, elem, relu=row["relu"], has_bias=row["has_bias"],
+                                tile=tile)
+    return dict(moved_mb=m["moved"] / 1e6, floor_mb=m["floor"] / 1e6, x_floor=m["ratio"] if m["floor"] else None,
+                h100_us="{:.1f}-{:.1f}".format(*m["h100_us"]), h200_us="{:.1f}-{:.1f}".format(*m["h200_us"]))
+
+
+def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = True):
+    """The forward and the backward launches of one decoder step (a cases.StepCase, 2x2, or a
+    kernels/byte_model.py Step, 2-D or 3-D), on empty tensors. `fmt`: a layout name or a torch
+    memory format (channels_last means channels_last_3d for a 3-D step)."""
+    from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward
+    step = model_step(case)
+    ndim = 2 + len(step.spatial)
+    if isinstance(fmt, str):
+        fmt = names.memory_format(fmt, ndim)
+    elif ndim == 5 and fmt == torch.channels_last:
+        fmt = torch.channels_last_3d
+    x = _empty([step.n, step.cin, *step.spatial], dtype, fmt)
+    skip = _empty([step.n, step.cs, *(s * k for s, k in zip(step.spatial, step.k))], dtype, fmt)
+    weight = torch.empty(step.cin, step.cout, *step.k, dtype=dtype)
+    bias = torch.empty(step.cout, dtype=dtype) if has_bias else None
+    out = launch_forward(x, skip, weight, bias, relu=relu, skip_first=False)
+    launch_backward(torch.empty_like(out), out if relu else None, x, weight, skip_first=False, has_bias=has_bias)
 
 
 @contextlib.contextmanager
@@ -156,16 +220,22 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
     if interpreting():
         raise RuntimeError("TRITON_INTERPRET=1 is set: Triton would interpret the kernels instead of "
                            "compiling them; unset it to compile for a GPU")
+    global _current_step
     compiler = _Compiler(capability)
     for dtype_name in dtypes:
         dtype, tf32 = names.DTYPES[dtype_name]
         with _fresh_compile_settings(tf32), offline_target(capability), recording_launches(compiler):
             for layout in layouts:
                 for case in cases:
-                    compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
-                    launch_decoder_step(case, dtype, names.memory_format(layout))
+                    _current_step = model_step(case)
+                    for relu, has_bias in VARIANTS:
+                        for idx64 in (False, True):
+                            compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
+                            compiler.force_idx64 = idx64
+                            launch_decoder_step(case, dtype, layout, relu, has_bias)
                     if progress:
                         progress(f"sm_{capability} {dtype_name} {layout} {case.name}")
+    _current_step = None
     return compiler.rows
 
 
@@ -192,7 +262,8 @@ def record_specializations(capability: int, cases, dtypes, layouts) -> list:
             with offline_target(capability), recording_launches(compile_launch):
                 for layout in layouts:
                     for case in cases:
-                        launch_decoder_step(case, dtype, names.memory_format(layout))
+                        for relu, has_bias in VARIANTS:
+                            launch_decoder_step(case, dtype, layout, relu, has_bias)
     finally:
         knobs.runtime.jit_cache_hook, torch.backends.cudnn.allow_tf32 = saved_hook, saved_tf32
     unique = {s["specialization"]: s for s in specs}

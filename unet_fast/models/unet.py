@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from unet_fast.models.architecture import UNetLayers
+from unet_fast.models.module_hooks import calls_module
 from unet_fast.ops.up_concat_op import up_concat
 
 
@@ -28,6 +29,11 @@ class UNet(UNetLayers):
         return super().forward(x)
 
     def up_step(self, upconv: nn.ConvTranspose2d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if calls_module(upconv):
+            # Hooks (feature extraction, hook-based weight_norm or pruning, which recompute the
+            # weight in a pre-hook) run only when the module is called: take its own path.
+            y = torch.cat([upconv(x), skip], dim=1)
+            return torch.relu(y) if self.up_relu else y
         weight, bias = upconv.weight, upconv.bias
         if weight.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
             # Under autocast the activations arrive in the autocast dtype; the op wants one dtype.

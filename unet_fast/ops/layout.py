@@ -8,15 +8,39 @@ import torch
 # forgets to write fails the comparison instead of passing on leftover memory.
 POISON_OUTPUTS = False
 
+# The channels-last memory format of a tensor with this many dims (images, volumes).
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format the result keeps: channels_last when x is (only) channels_last."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
+    """The memory format the result keeps: channels_last (channels_last_3d for volumes) when x is
+    channels-last and not also contiguous, else contiguous."""
+    fmt = CHANNELS_LAST.get(x.dim())
+    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+        return fmt
     return torch.contiguous_format
+
+
+def is_channels_last(fmt: torch.memory_format) -> bool:
+    return fmt in (torch.channels_last, torch.channels_last_3d)
 
 
 def new_buffer(shape, like: torch.Tensor, dtype=None, memory_format=torch.contiguous_format) -> torch.Tensor:
     """torch.empty for a result the op fills completely (NaN-filled when POISON_OUTPUTS is set)."""
     t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
     return t.fill_(float("nan")) if POISON_OUTPUTS else t
+
+
+def step_shapes(x: torch.Tensor, weight: torch.Tensor, skip_channels: int):
+    """(upsampled spatial size, output shape) of a decoder step: each spatial size times the
+    kernel's (= the stride's) size along it, and Cout + Cs channels."""
+    kernel = tuple(weight.shape[2:])
+    spatial = tuple(s * k for s, k in zip(x.shape[2:], kernel))
+    return spatial, (x.shape[0], weight.shape[1] + skip_channels, *spatial)
+
+
+def channel_slices(cout: int, cs: int, skip_first: bool):
+    """(slice of the upsampled channels, slice of the skip channels) in the output."""
+    if skip_first:
+        return slice(cs, cs + cout), slice(0, cs)
+    return slice(0, cout), slice(cout, cout + cs)

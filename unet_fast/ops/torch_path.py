@@ -1,55 +1,75 @@
 """up_concat in plain PyTorch, fast: the path for CPU tensors when Triton's interpreter is off,
-and for any device where Triton is unavailable.
+and for any device where Triton is unavailable. 2-D and 3-D alike.
 
 Unlike the reference it never builds the transposed-convolution output or the concatenation as
-tensors of their own: the convolution is one matmul X[M, Cin] @ W[Cin, 4*Cout], scattered (with
-bias and ReLU fused into the copy) straight into the preallocated output, and skip is copied into
-its slice. The backward works on the same pixel-major views.
+tensors of their own. With kernel = stride the taps never overlap, so the convolution is one
+matmul X[M, Cin] @ W[Cin, T*Cout] (M input pixels, T = prod(kernel) taps) whose result is
+scattered (with bias and ReLU fused into that copy) straight into the preallocated output, and
+skip is copied into its slice. The backward works on the same pixel-major views.
+
+Views used throughout, for spatial dims S = (S0, S1[, S2]) and kernel k = (k0, k1[, k2]):
+the upsampled channels of out, [N, C, S0*k0, ...], are seen as [N, C, S0, k0, S1, k1, ...]
+("interleaved"); the GEMM result is [N, S..., k..., Cout] for channels-last x (rows = pixels)
+or [N, Cout, k..., S...] for contiguous x (x read in place, batched over images).
 """
+import math
+
 import torch
 
-from unet_fast.ops.layout import new_buffer, output_memory_format
+from unet_fast.ops.layout import channel_slices, is_channels_last, new_buffer, output_memory_format, step_shapes
 
 
-def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """[Cin, Cout, 2, 2] -> [Cin, 4*Cout] with columns ordered (a, b, o)."""
-    cin, cout = weight.shape[:2]
-    return weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+def _interleaved(t: torch.Tensor, spatial) -> torch.Tensor:
+    """[N, C, S0*k0, S1*k1, ...] -> the view [N, C, S0, k0, S1, k1, ...]."""
+    for axis in reversed(range(len(spatial))):
+        t = t.unflatten(2 + axis, (spatial[axis], t.shape[2 + axis] // spatial[axis]))
+    return t
 
 
-def _taps_view(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Channels [lo, hi) of an [N, C, 2H, 2W] tensor seen as [N, H, a, W, b, C'] (a view)."""
-    h, w = t.shape[2] // 2, t.shape[3] // 2
-    return t.permute(0, 2, 3, 1)[..., lo:hi].unflatten(1, (h, 2)).unflatten(3, (w, 2))
+def _gemm_to_interleaved(d: int, channels_last: bool) -> list:
+    """The permutation taking the GEMM layout of a result (see the module docstring) to the
+    interleaved order [N, C, S0, k0, S1, k1, ...]."""
+    if channels_last:  # [N, S0..S(d-1), k0..k(d-1), C]
+        return [0, 2 * d + 1] + [i for axis in range(d) for i in (1 + axis, 1 + d + axis)]
+    return [0, 1] + [i for axis in range(d) for i in (2 + d + axis, 2 + axis)]  # [N, C, k.., S..]
 
 
 def _pixel_major(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] -> [N*H*W, C] (a view when x is channels_last)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    """[N, C, *S] -> [N*prod(S), C] (a view when x is channels-last)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _weight_columns_tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """[Cin, Cout, *k] -> [Cin, T*Cout], columns ordered (taps, o)."""
+    return weight.movedim(1, -1).reshape(weight.shape[0], -1)
 
 
 def _conv_taps(x, weight, bias) -> torch.Tensor:
-    """The transposed convolution as one matmul, returned as a [N, Cout, H, a, W, b] view.
+    """The transposed convolution as one matmul, returned as an interleaved view
+    [N, Cout, S0, k0, S1, k1, ...] of its result.
 
-    channels_last x: X[M, Cin] (a view of x) @ W[Cin, 4*Cout], columns ordered (a, b, o).
-    NCHW x: W^T[4*Cout, Cin] @ x_n[Cin, H*W] batched over images, rows ordered (o, a, b), so
-    x is read in place and each channel's [a, b, H, W] block is contiguous.
-    Neither layout lets BLAS write a tap straight into out (NCHW taps have columns 2 apart;
-    channels_last taps have image rows 4*W*C apart but pixels 2*C apart), hence one buffer."""
-    n, cin, h, w = x.shape
-    cout = weight.shape[1]
-    if output_memory_format(x) == torch.channels_last:
-        pixels = _pixel_major(x)
-        w_mat = _weight_matrix(weight)
-        y = pixels @ w_mat if bias is None else torch.addmm(bias.repeat(4), pixels, w_mat)
-        return y.view(n, h, w, 2, 2, cout).permute(0, 5, 1, 3, 2, 4)
-    images = x.reshape(n, cin, h * w)
-    w_t = weight.reshape(cin, 4 * cout).t()
-    if bias is None:
-        y = torch.matmul(w_t, images)
+    channels-last x: X[M, Cin] (a view of x) @ W[Cin, T*Cout], columns ordered (taps, o).
+    contiguous x: W^T[Cout*T, Cin] @ x_n[Cin, P] batched over images, rows ordered (o, taps), so
+    x is read in place and weight in its own order.
+    Neither layout lets BLAS write a tap straight into out (a tap's pixels are k apart along
+    every axis), hence one buffer."""
+    n, cin, *spatial = x.shape
+    cout, kernel = weight.shape[1], tuple(weight.shape[2:])
+    taps, d = math.prod(kernel), len(spatial)
+    channels_last = is_channels_last(output_memory_format(x))
+    if channels_last:
+        pixels, w_mat = _pixel_major(x), _weight_columns_tap_major(weight)
+        y = pixels @ w_mat if bias is None else torch.addmm(bias.repeat(taps), pixels, w_mat)
+        y = y.view(n, *spatial, *kernel, cout)
     else:
-        y = torch.baddbmm(bias.repeat_interleave(4)[None, :, None], w_t.expand(n, -1, -1), images)
-    return y.view(n, cout, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        images = x.reshape(n, cin, math.prod(spatial))
+        w_t = weight.reshape(cin, cout * taps).t()
+        if bias is None:
+            y = torch.matmul(w_t, images)
+        else:
+            y = torch.baddbmm(bias.repeat_interleave(taps)[None, :, None], w_t.expand(n, -1, -1), images)
+        y = y.view(n, cout, *kernel, *spatial)
+    return y.permute(_gemm_to_interleaved(d, channels_last))
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor, relu: bool) -> None:
@@ -59,15 +79,16 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, relu: bool) -> None:
         dst.copy_(src)
 
 
-def up_concat_forward(x, skip, weight, bias, relu: bool) -> torch.Tensor:
-    n, cin, h, w = x.shape
+def forward(x, skip, weight, bias, relu: bool, skip_first: bool) -> torch.Tensor:
+    """The fused step's result, written once into a new [N, Cout + Cs, *(S * k)] buffer."""
     cout, cs = weight.shape[1], skip.shape[1]
-    out = new_buffer((n, cout + cs, 2 * h, 2 * w), x, memory_format=output_memory_format(x))
+    _, out_shape = step_shapes(x, weight, cs)
+    out = new_buffer(out_shape, x, memory_format=output_memory_format(x))
     if out.numel() == 0:
         return out
-    taps = out[:, :cout].unflatten(2, (h, 2)).unflatten(4, (w, 2))  # [N, Cout, H, a, W, b]
-    _copy(taps, _conv_taps(x, weight, bias), relu)
-    _copy(out[:, cout:], skip, relu)
+    up, sk = channel_slices(cout, cs, skip_first)
+    _copy(_interleaved(out[:, up], x.shape[2:]), _conv_taps(x, weight, bias), relu)
+    _copy(out[:, sk], skip, relu)
     return out
 
 
@@ -84,38 +105,42 @@ def _masked_into(dst: torch.Tensor, grad: torch.Tensor, out) -> None:
         dst.copy_(grad)
 
 
-def up_concat_backward(grad, out, x, weight, has_bias: bool):
-    """(dx, dskip, dweight, dbias); `out` is the forward result when it had a ReLU, else None.
+def backward(grad, out, x, weight, has_bias: bool, skip_first: bool):
+    """(dx, dskip, dweight, dbias); `out` is the forward's result when it applied a ReLU (the
+    mask is out <= 0), None when it did not.
 
-    gy, the masked gradient of the convolution channels, is unshuffled once into the GEMM layout
+    gy, the masked gradient of the upsampled channels, is unshuffled once into the GEMM layout
     that suits x's memory format (as in `_conv_taps`), so that dx is one matmul written straight
-    into its buffer and dweight one matmul (summed over images for NCHW) with no further copies:
-      channels_last: gy [M, (a, b, o)],     dx[M, Cin] = gy @ W^T,      dW = X^T @ gy
-      NCHW:          gy [N, (o, a, b), HW], dx_n = W @ gy_n,            dW = sum_n x_n @ gy_n^T
+    into its buffer and dweight one matmul (summed over images for contiguous x):
+      channels-last: gy [M, (taps, o)],     dx[M, Cin] = gy @ W^T,   dW = X^T @ gy
+      contiguous:    gy [N, (o, taps), P],  dx_n = W @ gy_n,         dW = sum_n x_n @ gy_n^T
     """
     relu = out is not None
-    n, cin, h, w = x.shape
-    cout = weight.shape[1]
+    n, cin, *spatial = x.shape
+    cout, kernel = weight.shape[1], tuple(weight.shape[2:])
+    cs, d, taps, pixels = grad.shape[1] - cout, len(spatial), math.prod(kernel), math.prod(spatial)
+    up, sk = channel_slices(cout, cs, skip_first)
     fmt = output_memory_format(x)
-    dskip = new_buffer((n, grad.shape[1] - cout, 2 * h, 2 * w), x, memory_format=fmt)
-    _masked_into(dskip, grad[:, cout:], out[:, cout:] if relu else None)
-    grad_taps = _taps_view(grad, 0, cout)                      # [N, H, a, W, b, Cout]
-    out_taps = _taps_view(out, 0, cout) if relu else None
+    channels_last = is_channels_last(fmt)
+    dskip = new_buffer((n, cs, *grad.shape[2:]), x, memory_format=fmt)
+    _masked_into(dskip, grad[:, sk], out[:, sk] if relu else None)
+    grad_taps = _interleaved(grad[:, up], spatial)
+    out_taps = _interleaved(out[:, up], spatial) if relu else None
     dx = new_buffer(x.shape, x, memory_format=fmt)
-    if fmt == torch.channels_last:
-        gy = new_buffer((n, h, w, 2, 2, cout), x)
-        _masked_into(gy.permute(0, 1, 3, 2, 4, 5), grad_taps, out_taps)
-        gy = gy.view(n * h * w, 4 * cout)
-        w_mat = _weight_matrix(weight)                          # [Cin, (a, b, o)]
-        torch.mm(gy, w_mat.t(), out=dx.permute(0, 2, 3, 1).view(n * h * w, cin))
-        dweight = (_pixel_major(x).t() @ gy).view(cin, 2, 2, cout).permute(0, 3, 1, 2).contiguous()
-        dbias = gy.sum(0).view(4, cout).sum(0) if has_bias else weight.new_zeros(cout)
+    if channels_last:
+        gy = new_buffer((n, *spatial, *kernel, cout), x)
+        _masked_into(gy.permute(_gemm_to_interleaved(d, True)), grad_taps, out_taps)
+        gy = gy.view(n * pixels, taps * cout)
+        w_mat = _weight_columns_tap_major(weight)                # [Cin, (taps, o)]
+        torch.mm(gy, w_mat.t(), out=dx.movedim(1, -1).view(n * pixels, cin))
+        dweight = (_pixel_major(x).t() @ gy).view(cin, *kernel, cout).movedim(-1, 1).contiguous()
+        dbias = gy.sum(0).view(taps, cout).sum(0) if has_bias else weight.new_zeros(cout)
     else:
-        gy = new_buffer((n, cout, 2, 2, h, w), x)
-        _masked_into(gy.permute(0, 4, 2, 5, 3, 1), grad_taps, out_taps)
-        gy = gy.view(n, 4 * cout, h * w)
-        w_mat = weight.reshape(cin, 4 * cout)                   # [Cin, (o, a, b)]: weight's own order
-        torch.bmm(w_mat.expand(n, -1, -1), gy, out=dx.view(n, cin, h * w))
-        dweight = torch.bmm(x.reshape(n, cin, h * w), gy.transpose(1, 2)).sum(0).view_as(weight)
-        dbias = gy.view(n, cout, 4 * h * w).sum((0, 2)) if has_bias else weight.new_zeros(cout)
+        gy = new_buffer((n, cout, *kernel, *spatial), x)
+        _masked_into(gy.permute(_gemm_to_interleaved(d, False)), grad_taps, out_taps)
+        gy = gy.view(n, cout * taps, pixels)
+        w_mat = weight.reshape(cin, cout * taps)                 # [Cin, (o, taps)]: weight's own order
+        torch.bmm(w_mat.expand(n, -1, -1), gy, out=dx.view(n, cin, pixels))
+        dweight = torch.bmm(x.reshape(n, cin, pixels), gy.transpose(1, 2)).sum(0).view_as(weight)
+        dbias = gy.view(n, cout, taps * pixels).sum((0, 2)) if has_bias else weight.new_zeros(cout)
     return dx, dskip, dweight, dbias

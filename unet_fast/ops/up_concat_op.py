@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 
 from unet_fast.ops import torch_path
-from unet_fast.ops.layout import output_memory_format
+from unet_fast.ops.layout import output_memory_format, step_shapes
 from unet_fast.ops.validation import check_up_concat_args
 
 try:
     from unet_fast.kernels import common as _triton_common
-    from unet_fast.kernels.up_concat_launch import up_concat_backward as _triton_backward
-    from unet_fast.kernels.up_concat_launch import up_concat_forward as _triton_forward
+    from unet_fast.kernels.up_concat_launch import launch_backward as _triton_backward
+    from unet_fast.kernels.up_concat_launch import launch_forward as _triton_forward
 except ImportError as e:  # no Triton here, or one too old: the PyTorch path serves every device
     _triton_common = None
     if "Triton >=" in str(e):
@@ -47,63 +47,69 @@ def uses_triton(t: Tensor) -> bool:
 
 
 @torch.library.custom_op("unet_fast::up_concat", mutates_args=())
-def _up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
+def _up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool,
+               skip_first: bool) -> Tensor:
     if uses_triton(x):
-        return _triton_forward(x, skip, weight, bias, relu)
-    return torch_path.up_concat_forward(x, skip, weight, bias, relu)
+        return _triton_forward(x, skip, weight, bias, relu=relu, skip_first=skip_first)
+    return torch_path.forward(x, skip, weight, bias, relu, skip_first)
 
 
 @_up_concat.register_fake
-def _(x, skip, weight, bias, relu):
-    n, _, h, w = x.shape
-    return torch.empty((n, weight.shape[1] + skip.shape[1], 2 * h, 2 * w), dtype=x.dtype,
-                       device=x.device, memory_format=output_memory_format(x))
+def _(x, skip, weight, bias, relu, skip_first):
+    _, shape = step_shapes(x, weight, skip.shape[1])
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 @torch.library.custom_op("unet_fast::up_concat_backward", mutates_args=())
 def _up_concat_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor,
-                        has_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        has_bias: bool, skip_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dskip, dweight, dbias). `out` is the forward's result when it applied a ReLU (the mask
-    is out <= 0, as in threshold_backward), None otherwise."""
+    is out <= 0, as in threshold_backward), None when it did not: the one convention for "no
+    activation" on both paths."""
     if uses_triton(x):
-        return _triton_backward(grad, out if out is not None else grad, x, weight,
-                                relu=out is not None, has_bias=has_bias)
-    return torch_path.up_concat_backward(grad, out, x, weight, has_bias)
+        return _triton_backward(grad, out, x, weight, skip_first=skip_first, has_bias=has_bias)
+    return torch_path.backward(grad, out, x, weight, has_bias, skip_first)
 
 
 @_up_concat_backward.register_fake
-def _(grad, out, x, weight, has_bias):
-    n, _, h, w = x.shape
-    cs = grad.shape[1] - weight.shape[1]
+def _(grad, out, x, weight, has_bias, skip_first):
+    n, cs = x.shape[0], grad.shape[1] - weight.shape[1]
     fmt = output_memory_format(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    dskip = torch.empty((n, cs, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    dskip = torch.empty((n, cs, *grad.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
     return dx, dskip, weight.new_empty(weight.shape), weight.new_empty(weight.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
-    x, _skip, weight, bias, relu = inputs
+    x, _skip, weight, bias, relu, skip_first = inputs
     # The output is saved only for the ReLU mask; without a ReLU the gradient passes unmasked.
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.has_bias = bias is not None
+    ctx.skip_first = skip_first
 
 
 def _backward(ctx, grad):
     x, weight, out = ctx.saved_tensors
-    dx, dskip, dweight, dbias = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, ctx.has_bias)
-    return dx, dskip, dweight, dbias if ctx.has_bias else None, None
+    dx, dskip, dweight, dbias = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, ctx.has_bias,
+                                                                       ctx.skip_first)
+    return dx, dskip, dweight, dbias if ctx.has_bias else None, None, None
 
 
 _up_concat.register_autograd(_backward, setup_context=_setup_context)
 
 
 def up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-              relu: bool = True) -> Tensor:
-    """relu(cat([conv_transpose2d(x, weight, bias, stride=2), skip], dim=1)) in one fused kernel.
+              relu: bool = True, skip_first: bool = False, stride=None) -> Tensor:
+    """A U-Net decoder step in one fused kernel:
+    act(cat([conv_transpose(x, weight, bias, stride=kernel size), skip], dim=1)).
 
-    x [N, Cin, H, W], skip [N, Cs, 2H, 2W], weight [Cin, Cout, 2, 2] (nn.ConvTranspose2d's layout),
-    bias [Cout] or None; returns [N, Cout + Cs, 2H, 2W] in x's memory format. relu=False leaves the
-    ReLU out. Arguments are checked here, before anything launches.
+    x [N, Cin, *S] with S = (H, W) or (D, H, W); weight [Cin, Cout, *k] in nn.ConvTranspose2d/3d's
+    layout, its kernel size k (per axis, each >= 1: 2x2, 2x2x2, 1x2x2 ...) also the stride;
+    bias [Cout] or None; skip [N, Cs, *(S * k)]. Returns [N, Cout + Cs, *(S * k)] in x's memory
+    format, the upsampled channels first, or the skip's first when skip_first=True (MONAI's
+    BasicUNet, Pytorch-UNet). relu=True applies a ReLU to every output channel, relu=False none.
+    `stride`, if given, must equal the kernel size. Arguments are checked here, before anything
+    launches.
     """
-    check_up_concat_args(x, skip, weight, bias, relu)
-    return torch.ops.unet_fast.up_concat(x, skip, weight, bias, relu)
+    check_up_concat_args(x, skip, weight, bias, relu, skip_first, stride)
+    return torch.ops.unet_fast.up_concat(x, skip, weight, bias, relu, skip_first)

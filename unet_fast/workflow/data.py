@@ -14,8 +14,10 @@ pair is read once up front, so a corrupt file, a size mismatch or an out-of-rang
 is reported (InputError, naming the file) before anything is trained or written.
 """
 import argparse
+import contextlib
 import math
 import os
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unet_fast.workflow.atomic_write import one_line
 from unet_fast.errors import InputError
+from unet_fast.workflow.metrics import check_class_names
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -175,24 +178,99 @@ def to_8_bit(image: Image.Image, what: str) -> Image.Image:
     return Image.fromarray(np.rint(scaled).astype(np.uint8))
 
 
+# PIL refuses to open images of more pixels than this (a "decompression bomb" guard: a small
+# file can declare 100000x100000 pixels and take all memory when decoded). The variable raises
+# or lowers the limit for genuine huge images.
+PIXEL_LIMIT_VARIABLE = "UNET_FAST_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> Optional[int]:
+    """The largest image, in pixels, that is read (None: no limit, if PIL's was removed)."""
+    text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+    if not text:
+        return Image.MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{PIXEL_LIMIT_VARIABLE} must be a positive number of pixels, got {text!r}")
+    return int(text)
+
+
+@contextlib.contextmanager
+def _opened(path, what: str):
+    """Image.open(path) under the pixel limit; a file past it is InputError naming the file,
+    its size, the limit and the way to raise it (PIL warns between 1x and 2x its limit and
+    fails beyond; here both are errors, before any pixel is decoded)."""
+    limit = pixel_limit()
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = limit
+            try:
+                im = Image.open(path)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise InputError(f"{what} {path} is {_declared_size(path)}, more than the limit of "
+                                 f"{limit:,} pixels that guards against decompression bombs; if it "
+                                 f"is genuine, raise the limit with {PIXEL_LIMIT_VARIABLE}=PIXELS") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
+
+
+def _declared_size(path) -> str:
+    """The width x height a file's header declares (read without the pixel limit, no decoding)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return f"{im.width}x{im.height} ({im.width * im.height:,} pixels)"
+    except Exception:
+        return "too large"
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def read_image(path, mode: str = "RGB") -> Image.Image:
     """Open and fully decode an image (so a truncated file fails here), upright as its EXIF
     orientation says, deeper than 8 bits scaled by `to_8_bit`, and converted to `mode`."""
     if not os.path.exists(path):
         raise InputError(f"image {path} not found")
     try:
-        with Image.open(path) as im:
+        with _opened(path, "image") as im:
             im.load()
             return to_8_bit(ImageOps.exif_transpose(im), f"image {path}").convert(mode)
+    except InputError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read image {path}: {one_line(e)}") from e
 
 
+# Formats that store pixels approximately: decoded, a mask's class boundaries come back as
+# ramps of in-between values (and a 0/1 mask as 0, 1, 2, ...), which would train on wrong labels.
+LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000", "WEBP")
+LOSSY_TIFF_COMPRESSIONS = ("jpeg", "tiff_jpeg", "webp")
+
+
+def _check_lossless(path, opened: Image.Image) -> None:
+    lossy = opened.format in LOSSY_FORMATS
+    if opened.format == "TIFF" and opened.info.get("compression") in LOSSY_TIFF_COMPRESSIONS:
+        lossy = True
+    if lossy:
+        kind = opened.format + (" (JPEG-compressed)" if opened.format == "TIFF" else "")
+        raise InputError(f"mask {path} is stored as {kind}, whatever its name says: lossy "
+                         "compression changes class indices at every edge; save masks as PNG "
+                         "(or GIF, BMP, uncompressed TIFF) from the original labels")
+
+
 def mask_array(path) -> np.ndarray:
     """A mask file's class indices as an integer array [H, W], upright as its EXIF orientation
-    says (the same rule as its image's, so a pair rotated alike still matches)."""
+    says (the same rule as its image's, so a pair rotated alike still matches). A mask stored in
+    a lossy format (a JPEG renamed .png) is refused: its values are not class indices."""
     try:
-        with Image.open(path) as opened:
+        with _opened(path, "mask") as opened:
+            _check_lossless(path, opened)
             opened.load()
             im = ImageOps.exif_transpose(opened)
             if im.mode in ("L", "P") + INTEGER_MODES:
@@ -208,6 +286,8 @@ def mask_array(path) -> np.ndarray:
                 raise InputError(f"mask {path} is a colour image; masks must hold class indices "
                                "(grayscale or palette PNG)")
             raise InputError(f"mask {path} has unsupported image mode {im.mode}")
+    except InputError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read mask {path}: {one_line(e)}") from e
 
@@ -267,9 +347,8 @@ class FolderSegmentation(torch.utils.data.Dataset):
         from tqdm import tqdm
 
         self.root, self.size = root, tuple(size) if size else None
-        self.class_names = list(class_names) if class_names else [f"class{i}" for i in range(num_classes)]
-        if len(self.class_names) != num_classes:
-            raise InputError(f"{len(self.class_names)} class names given for {num_classes} classes")
+        self.class_names = (check_class_names(class_names, num_classes, "--class-names") if class_names
+                            else [f"class{i}" for i in range(num_classes)])
         self.pairs = find_pairs(root)
         self._sizes = []
         for image_path, mask_path in tqdm(self.pairs, desc="checking data", unit="image",

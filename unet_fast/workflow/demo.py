@@ -23,7 +23,7 @@ from PIL import Image
 
 from unet_fast.workflow.atomic_write import prepare_output_dir, refuse_to_overwrite
 from unet_fast.workflow.data import SYNTHETIC_CLASSES, synthetic_sample
-from unet_fast.errors import Interrupted
+from unet_fast.errors import InputError, Interrupted
 from unet_fast.workflow.metrics import confusion_matrix, format_scores, scores
 from unet_fast.workflow.overlay import overlay, save_mask_and_overlay, save_png
 from unet_fast.workflow.plots import plot_predictions
@@ -72,6 +72,12 @@ def run(args) -> int:
 def _run(args) -> int:
     start = time.perf_counter()
     say = lambda s: print(s, flush=True)  # noqa: E731
+    # Checked before anything runs: a negative count would slice the held-out list from its end.
+    if args.samples < 0:
+        raise InputError(f"--samples is the number of held-out images to draw and must be >= 0, "
+                         f"got {args.samples}")
+    if args.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     opts = TrainOptions(**dict(DEMO_TRAINING, epochs=args.epochs), out=args.out, device=args.device,
                         seed=args.seed, progress=args.progress, overwrite=args.overwrite, log=say)
     if not args.overwrite:

@@ -59,6 +59,19 @@ def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
     return device
 
 
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes the device holds at most (a GPU's total, the machine's RAM), or None if unknown:
+    the bound past which a size is refused up front rather than failing mid-allocation."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def setup(device_name: Optional[str]) -> Context:
     """Join the process group if torchrun started us; pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

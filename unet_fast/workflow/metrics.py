@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from unet_fast.errors import InputError
+
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - mean over classes of the soft Dice between softmax(logits) and one-hot(target).
@@ -76,3 +78,23 @@ def format_scores(s: Dict[str, object], class_names: List[str]) -> str:
 
 def _fmt(v: Optional[float]) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
+
+
+def check_class_names(names, count: int, where: str) -> List[str]:
+    """`names` as a list, or InputError (naming `where`) unless it is a list of `count` distinct,
+    non-empty strings. Scores are keyed by name: two classes called alike would merge into one."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+        raise InputError(f"{where}: class names must be a list of strings, got {type(names).__name__} "
+                         f"{names!r:.60}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where}: class names must be non-empty strings, got {name!r}")
+    if len(names) != count:
+        raise InputError(f"{where}: {len(names)} class names ({', '.join(names)}) for {count} classes")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{where}: the class name {name!r} is given twice; each class needs "
+                             "its own name (scores are reported per name)")
+        seen.add(name)
+    return list(names)

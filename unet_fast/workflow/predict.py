@@ -12,6 +12,7 @@ pass. With --overlap of at least 2 * 51 + 8 = 110 pixels (the model's receptive-
 51), the result equals a single pass over the whole image up to float rounding.
 """
 import os
+import sys
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,7 +22,7 @@ from PIL import Image
 from unet_fast.workflow import checkpoint
 from unet_fast.workflow.atomic_write import prepare_output_dir, refuse_to_overwrite
 from unet_fast.workflow.data import read_image, to_8_bit
-from unet_fast.workflow.distributed import resolve_device
+from unet_fast.workflow.distributed import available_memory, resolve_device
 from unet_fast.errors import InputError
 from unet_fast.workflow.overlay import save_mask_and_overlay
 
@@ -179,6 +180,29 @@ def tiled_logits(model, image: torch.Tensor, tile: int, overlap: Optional[int] =
     return out / weight
 
 
+def inference_bytes(height: int, width: int, base_channels: int, classes: int, amp: bool = False) -> int:
+    """A lower bound on the memory of one forward pass without gradients, for one image: when
+    the last decoder block's first convolution runs, the padded input (3 channels, float32),
+    the first skip (base channels), the concatenation (2 x base) and the convolution's output
+    (base) are all alive at full resolution (later, the logits beside two base-wide tensors).
+    2 bytes per activation under autocast, else 4."""
+    pixels = (-(-height // 8) * 8) * (-(-width // 8) * 8)
+    b = base_channels
+    return pixels * (12 + max(4 * b, 2 * b + classes) * (2 if amp else 4))
+
+
+def check_fits(model, height: int, width: int, what: str, suggestion: str = "--tile 512",
+               amp: Optional[str] = None) -> None:
+    """InputError, before anything is allocated, when one pass over an image this size cannot
+    fit the model's device; tiling keeps the memory at a tile's."""
+    have = available_memory(_device_of(model))
+    need = inference_bytes(height, width, model.base_channels, model.out_channels, amp is not None)
+    if have is not None and need > have:
+        raise InputError(f"{what} is {width}x{height}: predicting it in one pass needs at least "
+                         f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                         f"{_device_of(model)} has; predict it in tiles with {suggestion}")
+
+
 def predict_logits(model, image, *, tile: Optional[int] = None, overlap: Optional[int] = None,
                    batch_size: int = 4, amp: Optional[str] = None) -> torch.Tensor:
     """float32 logits [K, H, W] on the CPU for one image (any form `predict` accepts)."""
@@ -186,6 +210,7 @@ def predict_logits(model, image, *, tile: Optional[int] = None, overlap: Optiona
     x = image_tensor(image, model.in_channels)
     if tile is not None:
         return tiled_logits(model, x, tile, overlap, batch_size, amp)
+    check_fits(model, x.shape[1], x.shape[2], "the image", suggestion="tile=512", amp=amp)
     return _forward(model, x[None], amp)[0].cpu()
 
 
@@ -293,8 +318,11 @@ def run(args) -> int:
         # e.g. --out DATA/masks would replace the ground truth, named like the loader's NAME_mask.png
         refuse_to_overwrite([p for pair in outputs for p in pair], "pass --overwrite to replace it")
     mode = "RGB" if model.in_channels == 3 else "L"
+    model.to(device)
     for path in args.images:
-        read_image(path, mode)  # decodes fully: a corrupt file stops us before any output
+        image = read_image(path, mode)  # decodes fully: a corrupt file stops us before any output
+        if args.tile is None:
+            check_fits(model, image.height, image.width, f"image {path}", amp=args.amp)
     prepare_output_dir(args.out)
     model.to(device).eval()
 
@@ -304,8 +332,7 @@ def run(args) -> int:
                               class_names, args.alpha)
         counts = np.bincount(mask.reshape(-1), minlength=len(class_names)) / max(1, mask.size)
         shares = ", ".join(f"{class_names[k]} {100 * c:.1f}%" for k, c in enumerate(counts) if c > 0)
-        print(f"{args.images[i]} ({image.width}x{image.height}): {shares} -> {mask_path}, {overlay_path}",
-              flush=True)
+        _say(f"{args.images[i]} ({image.width}x{image.height}): {shares} -> {mask_path}, {overlay_path}")
 
     if args.tile is not None:
         for i, path in enumerate(args.images):
@@ -320,5 +347,19 @@ def run(args) -> int:
             tensors = [image_tensor(pil[i], model.in_channels) for i in idx]
             for j, mask in predict_many(model, tensors, args.batch_size, args.amp):
                 write(idx[j], pil[idx[j]], mask)
-    print(f"wrote {2 * len(args.images)} PNGs (masks and overlays) to {args.out}")
+    _say(f"wrote {2 * len(args.images)} PNGs (masks and overlays) to {args.out}")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print a progress line; if the reader went away (`predict ... | head -1`), keep predicting
+    quietly: the masks are what the user asked for, the lines only report them."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass

@@ -22,11 +22,12 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from unet_fast.workflow import checkpoint, distributed
-from unet_fast.workflow.atomic_write import atomic_write_text, prepare_output_dir, refuse_to_overwrite
+from unet_fast.workflow.atomic_write import FolderLock, atomic_write_text, prepare_output_dir, refuse_to_overwrite
 from unet_fast.workflow.data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
                    split_indices, to_model_input)
 from unet_fast.errors import InputError, Interrupted
-from unet_fast.workflow.metrics import confusion_matrix, format_scores, scores, segmentation_loss
+from unet_fast.workflow.metrics import (check_class_names, confusion_matrix, format_scores, scores,
+                                       segmentation_loss)
 from unet_fast.models.unet import UNet
 from unet_fast.workflow.plots import plot_curves
 
@@ -123,6 +124,49 @@ def _check_options(opts: TrainOptions) -> None:
         raise InputError(f"--amp must be bf16 or fp16, got {opts.amp!r}")
     if opts.workers < 0:
         raise InputError(f"--workers must be >= 0, got {opts.workers}")
+    check_seed(opts.seed)
+    if opts.class_names is not None:
+        check_class_names(opts.class_names, opts.num_classes, "--class-names")
+
+
+# The seeds numpy, torch and Python all take (numpy refuses negative ones, torch those past 2**64).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def training_bytes(batch_size: int, height: int, width: int, base_channels: int, classes: int,
+                   amp: bool = False) -> int:
+    """A lower bound on the memory one training step needs, to refuse sizes no device can train
+    (not a budget: the real need is larger). Autograd keeps every convolution's output (the ReLUs
+    work in place on it) and each decoder concatenation: per pixel of the padded image
+    2 x (1 + 2/4 + 4/16 + 8/64) base channels in the encoder, (2 + 1 + 1) x (1 + 1/2 + 1/4) in
+    the decoder, and the logits; 2 bytes each under autocast, else 4. The weights count four
+    times in float32: themselves, their gradients and AdamW's two moments."""
+    pixels = (-(-height // 8) * 8) * (-(-width // 8) * 8)
+    b = base_channels
+    activations = batch_size * pixels * (10.75 * b + classes) * (2 if amp else 4)
+    # 3x3 convolutions of the blocks (in x out channel products, over b**2) and the 2x2 upconvs.
+    weights = b * b * (9 * (1 + 2 + 4 + 8 + 16 + 32 + 64 + 32 + 16 + 8 + 4 + 2 + 1) + 4 * (32 + 8 + 2))
+    return int(activations + 16 * weights)
+
+
+def _check_memory(opts: "TrainOptions", device: torch.device, num_classes: int, size) -> None:
+    """InputError before anything is allocated when one training step cannot fit the device."""
+    have = distributed.available_memory(device)
+    if have is None or size is None:
+        return
+    height, width = opts.crop or size
+    need = training_bytes(opts.batch_size, height, width, opts.base_channels, num_classes,
+                          amp=opts.amp is not None)
+    if need > have:
+        raise InputError(f"training {height}x{width} images in batches of {opts.batch_size} with "
+                         f"--base-channels {opts.base_channels} needs at least {need / 2**30:.1f} GiB, "
+                         f"more than the {have / 2**30:.1f} GiB {device} has; lower --image-size, "
+                         "--crop, --batch-size or --base-channels")
 
 
 def _loaders(opts, dataset, ctx, train_idx, val_idx):
@@ -223,9 +267,12 @@ def fit(opts: TrainOptions) -> dict:
     """
     _check_options(opts)
     ctx = distributed.setup(opts.device)
+    held = []  # the lock on --out, taken by rank 0 once the inputs are checked
     try:
-        return _fit(opts, ctx)
+        return _fit(opts, ctx, held)
     finally:
+        for lock in held:
+            lock.release()
         distributed.teardown(ctx)
 
 
@@ -314,7 +361,17 @@ def _train_epoch(net, loader, optimizer, scaler, opts, ctx, epoch: int, step: in
     return loss_sum, count, step, lr
 
 
-def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
+def _claim_output(opts: TrainOptions, held: list) -> None:
+    """Make --out, lock it for this run's lifetime and check again, under the lock, that it
+    holds no other run: two runs started into one folder at once cannot both pass the check
+    made before the lock (the second is refused, naming the process that holds the folder)."""
+    prepare_output_dir(opts.out)
+    lock = FolderLock(opts.out, "another `unet-fast train` writing its run there")
+    held.append(lock)
+    _check_no_other_run(opts)
+
+
+def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
     log = opts.log if ctx.is_main else (lambda *_: None)
     progress = opts.progress if ctx.is_main else False
     if ctx.device.type == "cuda":
@@ -322,11 +379,16 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
 
     # Everything that can fail on the user's input is checked before the output folder is touched.
     _on_main_rank(ctx, lambda: _check_no_other_run(opts))
+    if opts.data == "builtin" or opts.image_size:  # the size is known before any image is made
+        _check_memory(opts, ctx.device, len(SYNTHETIC_CLASSES) if opts.data == "builtin" else opts.num_classes,
+                      opts.image_size or (64, 64))
     dataset = build_dataset(opts, progress)
     class_names = dataset.class_names
     num_classes = len(class_names)
     train_idx, val_idx = split_indices(len(dataset), opts.val_split, opts.seed)
     train_set, sampler, train_loader, val_loader = _loaders(opts, dataset, ctx, train_idx, val_idx)
+    sizes = dataset.sizes()
+    _check_memory(opts, ctx.device, num_classes, max(sizes, key=lambda s: s[0] * s[1]) if sizes else None)
 
     torch.manual_seed(opts.seed)
     model = UNet(in_channels=3, out_channels=num_classes, base_channels=opts.base_channels,
@@ -347,14 +409,20 @@ def _fit(opts: TrainOptions, ctx: distributed.Context) -> dict:
         if "train" not in ckpt:
             raise InputError(f"checkpoint {resume_path} has no training state to resume from "
                            "(best.pt holds weights only; resume from last.pt)")
+        # Every field is checked before anything is restored: a damaged or foreign last.pt is
+        # one line naming the field, never a half-restored model or a traceback.
+        checkpoint.check_resumable(ckpt, resume_path, model)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["train"]["optimizer"])
-        scaler.load_state_dict(ckpt["train"]["scaler"])
+        if ckpt["train"]["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["train"]["scaler"])
+        # else: a run without --amp fp16 resumed with it starts a fresh scaler (and the reverse
+        # needs none): both are legitimate changes of precision.
         start_epoch, step = ckpt["epoch"], ckpt["train"]["step"]
         history, best = list(ckpt["history"]), ckpt.get("best")
         _warn_changed_options(opts, ckpt["train"], ctx.world_size, log)
 
-    _on_main_rank(ctx, lambda: prepare_output_dir(opts.out))
+    _on_main_rank(ctx, lambda: _claim_output(opts, held))
     if resume_path:
         checkpoint.set_rng_state(ckpt["train"]["rng"])
         log(f"resuming {resume_path} after epoch {start_epoch} (step {step})")
@@ -459,7 +527,7 @@ def _class_list(text: str) -> List[str]:
     names = [n.strip() for n in text.split(",")]
     if not all(names):
         raise argparse.ArgumentTypeError(f"class names must be comma-separated, got {text!r}")
-    return names
+    return names  # duplicates are refused with the other options, in _check_options
 
 
 def add_arguments(parser) -> None:

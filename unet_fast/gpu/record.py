@@ -1,0 +1,228 @@
+"""Record mode: run a part of the GPU run on this CPU and record every Triton launch it makes.
+
+Inside `record_mode(capability)`:
+- the op (unet_fast.ops.up_concat_op) takes its Triton path for CPU tensors, as it does for CUDA
+  ones (`uses_triton` is replaced, in every loaded module that imported it, by one that says yes
+  unless UNET_FAST_DISABLE_TRITON is set);
+- every launch the launchers make (kernels/up_concat_launch.py `launch`, through
+  `recording_launches`) is compiled-not-run for sm_<capability> under the offline target: Triton's
+  `knobs.runtime.jit_cache_hook` receives its serialized specialization (exactly what `preload`
+  needs to compile it later) and stops the compile;
+- the launchers' results are then filled in by PyTorch (`launch_forward` / `launch_backward` are
+  wrapped: the same buffers, written with the reference math), so the part's own code (its
+  asserts, its gradients) runs to the end on CPU tensors unchanged;
+- the weight-gradient split count is the H200's (132 SMs), as on the GPU: it is an integer
+  argument of a kernel, so its divisibility by 16 selects a compiled kernel too.
+
+Nothing here names a kernel or an argument: what is recorded is what the launchers pass.
+"""
+import contextlib
+import inspect
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+# Streaming multiprocessors of the GPU the plan is recorded for (H200 / H100 SXM: 132).
+GPU_SMS = 132
+
+
+class Recorder:
+    """Specializations seen so far, each with the parts that launched it."""
+
+    def __init__(self):
+        self.entries = {}  # specialization JSON -> dict(kernel, specialization, parts)
+        self.part = None
+        self.launches = 0
+
+    def add(self, kernel: str, specialization: str) -> None:
+        entry = self.entries.setdefault(specialization, dict(kernel=kernel, specialization=specialization,
+                                                             parts=[]))
+        if self.part and self.part not in entry["parts"]:
+            entry["parts"].append(self.part)
+
+    def keys(self, part=None) -> set:
+        return {s for s, e in self.entries.items() if part is None or part in e["parts"]}
+
+    def specializations(self) -> list:
+        return list(self.entries.values())
+
+
+# --- the launchers' results, in PyTorch ---------------------------------------------------------
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as3d(t):
+    """A 4-D [N, C, H, W] tensor as [N, C, 1, H, W]; a 5-D one as it is."""
+    return t.unsqueeze(2) if t.dim() == 4 else t
+
+
+def forward_result(x, skip, weight, bias, relu, skip_first):
+    """relu(cat([conv_transpose(x, weight, bias, stride=kernel), skip])), skip first if asked."""
+    acc = _acc(x.dtype)
+    conv = torch.nn.functional.conv_transpose2d if x.dim() == 4 else torch.nn.functional.conv_transpose3d
+    y = conv(x.to(acc), weight.to(acc), None if bias is None else bias.to(acc), stride=tuple(weight.shape[2:]))
+    y = torch.cat([skip.to(acc), y] if skip_first else [y, skip.to(acc)], dim=1)
+    return torch.relu(y) if relu else y
+
+
+def backward_result(grad, out, x, weight, skip_first, has_bias):
+    """(dx, dskip, dweight, dbias) of forward_result; `out` is the forward's result when it
+    applied a ReLU (threshold_backward's mask: out <= 0), else None."""
+    acc = _acc(x.dtype)
+    cout = weight.shape[1]
+    cs = grad.shape[1] - cout
+    g = grad.to(acc)
+    if out is not None:
+        g = g.masked_fill(out <= 0, 0)
+    gskip, gy = (g[:, :cs], g[:, cs:]) if skip_first else (g[:, cout:], g[:, :cout])
+    x3, w3, gy3 = _as3d(x.to(acc)), _as3d(weight.to(acc)), _as3d(gy)
+    n, cin, d, h, w = x3.shape
+    kd, kh, kw = w3.shape[2:]
+    # Stride = kernel: the taps never overlap, so the step is one GEMM per pixel.
+    xm = x3.permute(0, 2, 3, 4, 1).reshape(-1, cin)
+    gm = (gy3.reshape(n, cout, d, kd, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+          .reshape(n * d * h * w, cout * kd * kh * kw))
+    wm = w3.reshape(cin, -1)
+    dx = (gm @ wm.T).reshape(n, d, h, w, cin).permute(0, 4, 1, 2, 3)
+    dw = (xm.T @ gm).reshape(w3.shape)
+    if x.dim() == 4:
+        dx, dw = dx.squeeze(2), dw.squeeze(2)
+    dbias = gy.sum(dim=[i for i in range(gy.dim()) if i != 1])
+    return dx, gskip, dw, dbias
+
+
+def _wrap_forward(original):
+    signature = inspect.signature(original)
+
+    def launch_forward(*args, **kwargs):
+        with _state.target():  # the launcher asks Triton's driver for the device's limits
+            result = original(*args, **kwargs)
+        a = signature.bind(*args, **kwargs)
+        a.apply_defaults()
+        p = a.arguments
+        if _state.compute and result.numel():
+            with torch.no_grad():
+                result.copy_(forward_result(p["x"], p["skip"], p["weight"], p["bias"], p["relu"],
+                                            p.get("skip_first", False)))
+        return result
+    launch_forward.__wrapped__ = original
+    return launch_forward
+
+
+def _wrap_backward(original):
+    signature = inspect.signature(original)
+
+    def launch_backward(*args, **kwargs):
+        with _state.target():
+            result = original(*args, **kwargs)
+        a = signature.bind(*args, **kwargs)
+        a.apply_defaults()
+        p = a.arguments
+        if _state.compute and p["x"].numel():
+            with torch.no_grad():
+                values = backward_result(p["grad"], p["out"], p["x"], p["weight"], p.get("skip_first", False),
+                                         p["has_bias"])
+                for buffer, value in zip(result, values):
+                    if buffer.shape == value.shape:
+                        buffer.copy_(value)
+        return result
+    launch_backward.__wrapped__ = original
+    return launch_backward
+
+
+def _gpu_splits(original):
+    """weight_grad_splits as on the GPU: the device's SM count, not the CPU's stand-in."""
+    def weight_grad_splits(*args, **kwargs):
+        args = [torch.device("cuda") if isinstance(a, torch.device) and a.type == "cpu" else a for a in args]
+        kwargs = {k: torch.device("cuda") if isinstance(v, torch.device) and v.type == "cpu" else v
+                  for k, v in kwargs.items()}
+        saved = torch.cuda.get_device_properties
+        torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=GPU_SMS)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch.cuda.get_device_properties = saved
+    weight_grad_splits.__wrapped__ = original
+    return weight_grad_splits
+
+
+# --- the mode --------------------------------------------------------------------------------
+
+_state = SimpleNamespace(compute=True, target=contextlib.nullcontext)
+
+
+def _replace_everywhere(original, replacement, patches):
+    """Point every attribute of a loaded unet_fast (or test helper) module that is `original` at
+    `replacement`: `from m import f` copies the name, so patching m alone would miss them."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "unet_fast" or name.startswith("unet_fast.") or name == "helpers"
+                                  or name.startswith("test_")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is original:
+                patches.append((module, attr, value))
+                setattr(module, attr, replacement)
+
+
+def _recording_uses_triton(t) -> bool:
+    if os.environ.get("UNET_FAST_DISABLE_TRITON", "0") not in ("", "0"):
+        return False
+    return t.device.type in ("cpu", "cuda")
+
+
+@contextlib.contextmanager
+def record_mode(capability: int, recorder: Recorder, compute: bool = True, compile: bool = False):
+    """Within the block, the op records its launches into `recorder` (see the module docstring).
+    compute=False leaves the launchers' buffers unwritten (recording launches of empty tensors);
+    compile=True lets Triton go on to compile each launch (or find it in TRITON_CACHE_DIR), as a
+    launch on the GPU would, instead of stopping at the record."""
+    from triton import knobs
+
+    from unet_fast.gpu.static_compile import compile_launch
+    from unet_fast.kernels import up_concat_launch as L
+    from unet_fast.kernels.common import interpreting
+    from unet_fast.kernels.offline_target import offline_target
+    from unet_fast.ops import up_concat_op
+
+    if interpreting():
+        raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels were decorated for the interpreter and "
+                           "cannot be compiled; record in a process without it")
+
+    def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled, **_):
+        recorder.add(fn.name, compile["specialization_data"])
+        return not compile_launches  # True: Triton skips the compile
+
+    compile_launches = compile
+
+    def record_launch(kernel, grid, args, kwargs):
+        recorder.launches += 1
+        with offline_target(capability):
+            compile_launch(kernel, grid, args, kwargs)
+
+    patches = []
+    saved = knobs.runtime.jit_cache_hook, _state.compute, _state.target
+    knobs.runtime.jit_cache_hook = hook
+    _state.compute, _state.target = compute, (lambda: offline_target(capability))
+    try:
+        for name, wrap in (("launch_forward", _wrap_forward), ("launch_backward", _wrap_backward),
+                           ("weight_grad_splits", _gpu_splits)):
+            original = getattr(L, name, None)
+            if original is not None and not hasattr(original, "__wrapped__"):
+                _replace_everywhere(original, wrap(original), patches)
+        _replace_everywhere(up_concat_op.uses_triton, _recording_uses_triton, patches)
+        with recording_launches_of(L, record_launch):
+            yield recorder
+    finally:
+        for module, attr, value in reversed(patches):
+            setattr(module, attr, value)
+        knobs.runtime.jit_cache_hook, _state.compute, _state.target = saved
+
+
+@contextlib.contextmanager
+def recording_launches_of(launch_module, recorder):
+    with launch_module.recording_launches(recorder):
+        yield
