@@ -64,7 +64,7 @@ def pytest_generate_tests(metafunc):
     config = metafunc.config
     jobs = runner.plan(bench_cases(config), bench_dtypes(), list(C.LAYOUTS), list(C.MODES),
                        bench_providers(config))
-    ids = [f"{c.name}-{d}-{l}-{m}-{p}" for c, d, l, m, p in jobs]
+    ids = [f"{c.name}-{d}-{lay}-{m}-{p}" for c, d, lay, m, p in jobs]
     metafunc.parametrize("bench_job", jobs, ids=ids)
 
 

@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 OUT = os.path.join(HERE, "RESULTS.md")
 NM = "not measured"
-# FACTS.md: H100 device-to-device copy ceiling, the floor for the predictions below.
+# The H100's device-to-device copy ceiling (measured on the H100 SXM), the floor for the predictions below.
 H100_COPY_GBPS = 3000.0
 STEPS = (("up3", 512, 256, 256, 64), ("up2", 256, 128, 128, 128), ("up1", 128, 64, 64, 256))
 MODE = {"forward": "fwd", "backward": "bwd", "full": "fwd+bwd"}
@@ -69,7 +69,9 @@ def static_section(doc) -> list:
             groups.setdefault((r["arch"], r["kernel"], r["dtype"], r["layout"]), []).append(r)
     for (arch, kernel, dtype, layout), rows in groups.items():
         ok = [r for r in rows if not r["error"]]
-        worst = lambda k: max((r[k] or 0) for r in ok) if ok else "-"
+
+        def worst(k, ok=ok):
+            return max((r[k] or 0) for r in ok) if ok else "-"
         md.append(f"| {arch} | {kernel} | {dtype} | {layout} | {len(rows)} | {worst('registers')} | "
                   f"{worst('spill_stores')} | {worst('shared')} / {rows[0]['shared_limit']} | "
                   f"{'/'.join(sorted({r['tensor_cores'] for r in ok}))} | {worst('cp_async')} | "
@@ -134,7 +136,8 @@ def conditions(merged):
                      f"{m['n_sets']} input sets rotated. Fused path: {m['fused_path']}. "
                      f"Bandwidth floor (100%): {floor}; measured copy {m['measured_copy_gbps']:.1f} GB/s."
                      + (f" Load average {m['loadavg_start']} at start, {m.get('loadavg_end')} at end "
-                        f"({m['cpu_count']} cores)." if m.get("loadavg_start") is not None and m["device"] == "cpu" else ""))
+                        f"({m['cpu_count']} cores)."
+                        if m.get("loadavg_start") is not None and m["device"] == "cpu" else ""))
     return "\n".join(lines)
 
 
@@ -236,7 +239,7 @@ def render(docs) -> str:
                "### Waterfall (each row adds one technique to the row above)", ""]
         md += waterfall(doc) + [""]
         md += ["### Decoder steps against the roofline (bf16, channels_last, forward)", "",
-               "The predicted floor is the byte formula at FACTS.md's 3.0 TB/s H100 copy ceiling: "
+               "The predicted floor is the byte formula at the 3.0 TB/s H100 copy ceiling: "
                "a prediction, not a measurement.", ""]
         md += roofline_table(doc) + [""]
         if doc:

@@ -9,7 +9,6 @@ import itertools
 
 import torch
 
-from unet_fast import cases as C
 from unet_fast import names
 from unet_fast.bench import runner
 from unet_fast.bench.environment import device_name

@@ -1,4 +1,4 @@
-"""A plain copy of the lesson's U-Net (../shared/seed/unet-lesson.txt), with kernel_size=3,
+"""A plain copy of the lesson's U-Net (the tutorial unet_fast grew from), with kernel_size=3,
 padding=1 in its conv blocks: the model whose weights UNet must accept unchanged."""
 import torch
 import torch.nn as nn

@@ -151,7 +151,8 @@ def test_unet_fast_models(monkeypatch):
     """ReferenceUNet is fused through its up_step (ReLU kept); UNet is reported as fused already."""
     from unet_fast import ReferenceUNet, UNet
     for up_relu in (True, False):
-        check_fused_model(monkeypatch, lambda up_relu=up_relu: ReferenceUNet(1, 2, base_channels=4, up_relu=up_relu), (2, 1, 16, 12), 3)
+        check_fused_model(monkeypatch, lambda up_relu=up_relu: ReferenceUNet(1, 2, base_channels=4, up_relu=up_relu),
+                          (2, 1, 16, 12), 3)
     model = unet_fast.fuse(UNet(1, 2, base_channels=4))
     assert "forward" not in model.__dict__ and len(fuse_report(model).fused) == 3
 

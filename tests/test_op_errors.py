@@ -102,3 +102,19 @@ def test_models_reject_bad_input(model_class, image, exc, words):
 def test_models_reject_bad_arguments(kwargs, exc, word):
     with pytest.raises(exc, match=word):
         UNet(**kwargs)
+
+
+@pytest.mark.parametrize("value, disabled", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                             ("0", False), ("false", False), ("No", False), ("", False)])
+def test_disable_triton_variable_reads_as_people_write_booleans(monkeypatch, value, disabled):
+    from unet_fast.kernels import common
+    monkeypatch.setattr(common, "interpreting", lambda: True)  # so that Triton would run unless disabled
+    monkeypatch.setattr(common, "interpreter_problem", lambda: None)
+    monkeypatch.setenv("UNET_FAST_DISABLE_TRITON", value)
+    assert up_concat_op.uses_triton(torch.empty(0)) is (not disabled)
+
+
+def test_disable_triton_variable_refuses_what_it_cannot_read(monkeypatch):
+    monkeypatch.setenv("UNET_FAST_DISABLE_TRITON", "banana")
+    with pytest.raises(ValueError, match="UNET_FAST_DISABLE_TRITON='banana'"):
+        up_concat_op.uses_triton(torch.empty(0))

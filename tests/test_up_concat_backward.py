@@ -6,7 +6,7 @@ from unet_fast.ops import torch_path
 from unet_fast import up_concat
 from unet_fast.ops.up_concat_op import _up_concat_backward
 from helpers import (DEVICE, DTYPES, LAYOUTS, PATHS, SHAPES, assert_close_to_reference, grads_against_reference,
-                     layout_inputs, make_inputs, randn, reference_out, select_path, spy_on_triton_launches)
+                     layout_inputs, make_inputs, reference_out, select_path, spy_on_triton_launches)
 
 
 @pytest.mark.parametrize("path", PATHS)

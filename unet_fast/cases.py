@@ -5,7 +5,7 @@ disagree about what "up3 at batch 8" means.
 
 Case names follow the model's modules: `up3` is `upconv3` (the deepest step, 8b -> 4b channels
 at image/8), `up2` is `upconv2`, `up1` is `upconv1`. With base_channels b = 64 and a 512x512
-image at batch 8 these are the issue's three shapes:
+image at batch 8 these are the three steps the benchmarks and the static report use:
     up3  x [8, 512, 64, 64],   skip [8, 256, 128, 128], weight [512, 256, 2, 2]
     up2  x [8, 256, 128, 128], skip [8, 128, 256, 256], weight [256, 128, 2, 2]
     up1  x [8, 128, 256, 256], skip [8, 64, 512, 512],  weight [128, 64, 2, 2]

@@ -6,13 +6,14 @@
 `fuse` walks the module tree and binds a replacement forward (patches.py) on each module it
 recognizes, by class and by structure:
 
-| library (checked version)                     | module                      | decoder step                                   |
-|-----------------------------------------------|-----------------------------|------------------------------------------------|
-| dynamic_network_architectures 0.4.4 (nnU-Net) | UNetDecoder (PlainConvUNet, ResidualEncoderUNet) | transpconvs[s], cat((up, skip)) |
-| monai 1.6.1                                   | UpCat (BasicUNet), upsample="deconv" | upsample.deconv, cat([skip, up])      |
-| monai 1.6.1                                   | UnetUpBlock (DynUNet), UnetrUpBlock (UNETR, SwinUNETR) | transp_conv.conv, cat((up, skip)) |
-| the lesson's U-Net (any class with its forward) | enc1..4, upconv1..3, dec1..3 | upconvN, cat([up, skip])                    |
-| unet_fast.ReferenceUNet                        | up_step                      | upconvN, cat([up, skip]), ReLU when up_relu |
+- dynamic_network_architectures 0.4.4 (nnU-Net): UNetDecoder (PlainConvUNet, ResidualEncoderUNet);
+  step transpconvs[s], cat((up, skip)).
+- monai 1.6.1: UpCat (BasicUNet) with upsample="deconv"; step upsample.deconv, cat([skip, up]).
+- monai 1.6.1: UnetUpBlock (DynUNet), UnetrUpBlock (UNETR, SwinUNETR); step transp_conv.conv,
+  cat((up, skip)).
+- the lesson's U-Net (any class with its forward): enc1..4, upconv1..3, dec1..3; step upconvN,
+  cat([up, skip]).
+- unet_fast.ReferenceUNet: up_step; step upconvN, cat([up, skip]), ReLU when up_relu.
 
 A module is patched only when its class's forward is, token for token, the forward the patch
 reproduces (fingerprint.py: another library version with the same forward is fused, one whose
@@ -118,7 +119,8 @@ def _is_sequential_of(container, name) -> Optional[nn.Module]:
 # Each recognizer: (steps(module) -> [(relative ConvTranspose path, conv)] or a str saying why the
 # module's structure is not the one its forward needs, attribute to bind, replacement).
 def _dna_decoder_steps(m):
-    if not (isinstance(getattr(m, "transpconvs", None), nn.ModuleList) and isinstance(getattr(m, "stages", None), nn.ModuleList)
+    if not (isinstance(getattr(m, "transpconvs", None), nn.ModuleList)
+            and isinstance(getattr(m, "stages", None), nn.ModuleList)
             and len(m.transpconvs) == len(m.stages)):
         return "transpconvs and stages are not ModuleLists of one length"
     return [(f"transpconvs.{s}", conv) for s, conv in enumerate(m.transpconvs)]

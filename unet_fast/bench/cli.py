@@ -71,7 +71,8 @@ def add_arguments(parser) -> None:
                         "from the load average; at least 1)")
     t.add_argument("--rep-ms", type=int, default=100, help="GPU: do_bench's rep time in ms (100)")
     t.add_argument("--bandwidth", type=float, metavar="GBPS",
-                   help="the 100%% bandwidth floor; default: FACTS.md's for a known GPU, else a copy measured now")
+                   help="the 100%% bandwidth floor; default: the copy ceiling measured before on "
+                        "a known GPU, else a copy measured now")
     o = parser.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write every row, with device, versions, commit, date")
     o.add_argument("--plot", metavar="FILE.png", help="draw speedup bars per case")
@@ -134,16 +135,9 @@ def run(args) -> int:
         torch.set_num_threads(threads)  # run() may be called in-process (tests): leave it as found
 
 
-def _run(args) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from unet_fast import cases as C
-    from unet_fast.bench import environment, report, roofline, runner
-    from unet_fast.bench import providers as P
-
-    # Checked now, not after minutes of measuring: the output files and the numbers that
-    # resolve() does not check (a negative warm-up, a bandwidth that is not a positive number).
+def _check_up_front(args) -> None:
+    """Checked before anything is measured: the output files and the numbers that resolve()
+    does not check (a negative warm-up, a bandwidth that is not a positive number)."""
     for option, path, plot in (("--json", args.json, False), ("--plot", args.plot, True)):
         if path:
             check_report_file(path, option, plot=plot)
@@ -151,6 +145,30 @@ def _run(args) -> int:
         raise InputError(f"--warmup must be >= 0, got {args.warmup}")
     if args.bandwidth is not None and not (math.isfinite(args.bandwidth) and args.bandwidth > 0):
         raise InputError(f"--bandwidth must be a positive number of GB/s, got {args.bandwidth}")
+
+
+def _bandwidth_floor(args, device, device_name):
+    """(floor in GB/s, where it comes from, the copy measured now): --bandwidth, else a ceiling
+    measured before on this GPU model, else the copy measured at the start of this run."""
+    from unet_fast.bench import roofline
+    measured = roofline.measure_copy_gbps(device)
+    known = roofline.known_copy_ceiling_gbps(device_name)
+    if args.bandwidth:
+        return args.bandwidth, "--bandwidth", measured
+    if known:
+        return known, "the copy ceiling measured before on this GPU model", measured
+    return measured, "a 256 MiB tensor copy measured at the start of this run", measured
+
+
+def _run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from unet_fast import cases as C
+    from unet_fast.bench import environment, report, runner
+    from unet_fast.bench import providers as P
+
+    _check_up_front(args)
     try:
         device = environment.pick_device(args.device)
     except RuntimeError as e:
@@ -180,14 +198,7 @@ def _run(args) -> int:
                            cpu_repeats=args.repeats or 1, gpu_rep_ms=args.rep_ms,
                            allow_compile_on_cpu=args.compile,
                            compile_mode=args.compile_mode or P.DEFAULT_COMPILE_MODE)
-    measured = roofline.measure_copy_gbps(device)
-    known = roofline.known_copy_ceiling_gbps(meta["device_name"])
-    if args.bandwidth:
-        cfg.ceiling_gbps, source = args.bandwidth, "--bandwidth"
-    elif known:
-        cfg.ceiling_gbps, source = known, "FACTS.md's measured copy ceiling for this GPU"
-    else:
-        cfg.ceiling_gbps, source = measured, "a 256 MiB tensor copy measured at the start of this run"
+    cfg.ceiling_gbps, source, measured = _bandwidth_floor(args, device, meta["device_name"])
     with runner.cpu_fast_path(device):
         fused_path = runner.fused_path_name(device)
     meta.update(ceiling_gbps=cfg.ceiling_gbps, ceiling_source=source, measured_copy_gbps=measured,

@@ -92,7 +92,8 @@ def metadata(device: torch.device) -> dict:
     # nn.ConvTranspose2d does), so a float32 number means nothing without them.
     return dict(loadavg_start=loadavg(), cpu_count=os.cpu_count(),
                 cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,device=device.type, device_name=device_name(device), torch=torch.__version__,
+                matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                device=device.type, device_name=device_name(device), torch=torch.__version__,
                 triton=triton_version(), cuda=torch.version.cuda or "none",
                 python=platform.python_version(), commit=git_commit(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

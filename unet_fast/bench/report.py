@@ -25,7 +25,8 @@ def header_lines(meta: dict) -> list:
             f"triton {meta['triton']}   commit {meta['commit']}   {meta['date']}",
             f"fused path: {meta.get('fused_path', '?')}   timer: {meta.get('timer', '?')}   "
             f"input sets rotated: {meta.get('n_sets', '?')}"
-            + (f"   threads: {meta['threads']} ({meta.get('threads_reason', '')})" if meta.get("device") == "cpu" else ""),
+            + (f"   threads: {meta['threads']} ({meta.get('threads_reason', '')})"
+               if meta.get("device") == "cpu" else ""),
             f"bandwidth floor (100%): {floor_text}"
             + (f"   load average {meta['loadavg_start']} at start"
                + (f", {meta['loadavg_end']} at end" if meta.get("loadavg_end") is not None else "")

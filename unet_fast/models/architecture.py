@@ -47,6 +47,8 @@ class UNetLayers(nn.Module):
         self.enc3 = conv_block(2 * b, 4 * b)
         self.enc4 = conv_block(4 * b, 8 * b)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        # The lesson numbers its up-convolutions from the bottom but its decoder blocks from the
+        # top: upconv3 feeds dec1, upconv1 feeds dec3. Kept so the lesson's state_dict loads as is.
         self.upconv3 = nn.ConvTranspose2d(8 * b, 4 * b, kernel_size=2, stride=2)
         self.upconv2 = nn.ConvTranspose2d(4 * b, 2 * b, kernel_size=2, stride=2)
         self.upconv1 = nn.ConvTranspose2d(2 * b, b, kernel_size=2, stride=2)

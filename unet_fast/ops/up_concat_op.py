@@ -32,9 +32,24 @@ except ImportError as e:  # no Triton here, or one too old: the PyTorch path ser
         warnings.warn(f"{e}; up_concat runs its PyTorch path", stacklevel=2)
 
 
+_FALSE = ("", "0", "false", "no", "off")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def env_flag(name: str) -> bool:
+    """A boolean environment variable as people write them (0/1, true/false, yes/no, on/off, any
+    case); anything else is refused rather than read as "on"."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    raise ValueError(f"{name}={os.environ[name]!r}: expected one of 1, 0, true, false, yes, no, on, off")
+
+
 def uses_triton(t: Tensor) -> bool:
     """Whether up_concat on tensors like `t` runs the Triton kernels (compiled or interpreted)."""
-    if _triton_common is None or os.environ.get("UNET_FAST_DISABLE_TRITON", "0") not in ("", "0"):
+    if _triton_common is None or env_flag("UNET_FAST_DISABLE_TRITON"):
         return False
     if t.device.type == "cuda":
         return True

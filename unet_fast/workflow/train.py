@@ -23,7 +23,8 @@ import torch
 
 from unet_fast.workflow import checkpoint, distributed
 from unet_fast.workflow.atomic_write import FolderLock, atomic_write_text, prepare_output_dir, refuse_to_overwrite
-from unet_fast.workflow.data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation, parse_size,
+from unet_fast.workflow.data import (SYNTHETIC_CLASSES, Augmented, FolderSegmentation, SyntheticSegmentation,
+                                     parse_size,
                    split_indices, to_model_input)
 from unet_fast.errors import InputError, Interrupted
 from unet_fast.workflow.metrics import (check_class_names, confusion_matrix, format_scores, scores,
@@ -93,7 +94,8 @@ def init_weights(model: torch.nn.Module) -> None:
     """
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
-            gain = "linear" if m.out_channels == getattr(model, "out_channels", -1) and m.kernel_size == (1, 1) else "relu"
+            last = m.out_channels == getattr(model, "out_channels", -1) and m.kernel_size == (1, 1)
+            gain = "linear" if last else "relu"
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity=gain)
         elif isinstance(m, torch.nn.ConvTranspose2d):
             # 2x2 stride 2: each output pixel sees one tap of each input channel, so fan-in is C_in.
@@ -371,6 +373,54 @@ def _claim_output(opts: TrainOptions, held: list) -> None:
     _check_no_other_run(opts)
 
 
+def _build_training(opts: TrainOptions, ctx: distributed.Context, num_classes: int):
+    """(model, optimizer, scaler) freshly initialized, on the run's device and memory format."""
+    torch.manual_seed(opts.seed)
+    model = UNet(in_channels=3, out_channels=num_classes, base_channels=opts.base_channels,
+                 up_relu=opts.up_relu)
+    init_weights(model)
+    model = model.to(ctx.device)
+    if opts.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=opts.amp == "fp16")
+    return model, optimizer, scaler
+
+
+def _restore(resume_path, opts, ctx, config, model, optimizer, scaler, log):
+    """Load last.pt into model, optimizer and scaler: (checkpoint, (epoch, step, history, best))."""
+    ckpt = checkpoint.read(resume_path)  # CPU; load_state_dict moves it
+    checkpoint.check_config(ckpt, config, resume_path)
+    if "train" not in ckpt:
+        raise InputError(f"checkpoint {resume_path} has no training state to resume from "
+                         "(best.pt holds weights only; resume from last.pt)")
+    # Every field is checked before anything is restored: a damaged or foreign last.pt is
+    # one line naming the field, never a half-restored model or a traceback.
+    checkpoint.check_resumable(ckpt, resume_path, model)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["train"]["optimizer"])
+    if ckpt["train"]["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["train"]["scaler"])
+    # else: a run without --amp fp16 resumed with it starts a fresh scaler (and the reverse
+    # needs none): both are legitimate changes of precision.
+    _warn_changed_options(opts, ckpt["train"], ctx.world_size, log)
+    return ckpt, (ckpt["epoch"], ckpt["train"]["step"], list(ckpt["history"]), ckpt.get("best"))
+
+
+def _epoch_record(model, val_loader, opts, ctx, class_names, progress, loss_sum, count, epoch, step, lr, t0):
+    """One epoch's entry of metrics.json: losses summed over every rank, validation scores."""
+    val_loss_sum, val_count, confusion = evaluate(model, val_loader, opts, ctx, len(class_names), progress)
+    sums = distributed.all_reduce_sum(
+        ctx, torch.tensor([loss_sum, count, val_loss_sum, val_count], dtype=torch.float64))
+    confusion = distributed.all_reduce_sum(ctx, confusion)
+    record = {"epoch": epoch + 1, "step": step, "lr": lr,
+              "train_loss": (sums[0] / sums[1]).item(), "seconds": time.perf_counter() - t0}
+    if sums[3] > 0:
+        record["val_loss"] = (sums[2] / sums[3]).item()
+        record.update(scores(confusion, class_names))
+    return record
+
+
 def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
     log = opts.log if ctx.is_main else (lambda *_: None)
     progress = opts.progress if ctx.is_main else False
@@ -390,37 +440,13 @@ def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
     sizes = dataset.sizes()
     _check_memory(opts, ctx.device, num_classes, max(sizes, key=lambda s: s[0] * s[1]) if sizes else None)
 
-    torch.manual_seed(opts.seed)
-    model = UNet(in_channels=3, out_channels=num_classes, base_channels=opts.base_channels,
-                 up_relu=opts.up_relu)
-    init_weights(model)
-    model = model.to(ctx.device)
-    if opts.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=opts.amp == "fp16")
+    model, optimizer, scaler = _build_training(opts, ctx, num_classes)
     config = checkpoint.model_config(model, class_names)
-
-    start_epoch, step, history, best = 0, 0, [], None
     resume_path = _resume_path(opts)
+    ckpt, (start_epoch, step, history, best) = None, (0, 0, [], None)
     if resume_path:
-        ckpt = checkpoint.read(resume_path)  # CPU; load_state_dict moves it
-        checkpoint.check_config(ckpt, config, resume_path)
-        if "train" not in ckpt:
-            raise InputError(f"checkpoint {resume_path} has no training state to resume from "
-                           "(best.pt holds weights only; resume from last.pt)")
-        # Every field is checked before anything is restored: a damaged or foreign last.pt is
-        # one line naming the field, never a half-restored model or a traceback.
-        checkpoint.check_resumable(ckpt, resume_path, model)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["train"]["optimizer"])
-        if ckpt["train"]["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["train"]["scaler"])
-        # else: a run without --amp fp16 resumed with it starts a fresh scaler (and the reverse
-        # needs none): both are legitimate changes of precision.
-        start_epoch, step = ckpt["epoch"], ckpt["train"]["step"]
-        history, best = list(ckpt["history"]), ckpt.get("best")
-        _warn_changed_options(opts, ckpt["train"], ctx.world_size, log)
+        ckpt, (start_epoch, step, history, best) = _restore(resume_path, opts, ctx, config, model, optimizer,
+                                                            scaler, log)
 
     _on_main_rank(ctx, lambda: _claim_output(opts, held))
     if resume_path:
@@ -454,16 +480,8 @@ def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
                                                      epoch, step, total_steps,
                                                      _last_good(paths["last"], saved_epoch), progress)
 
-            val_loss_sum, val_count, confusion = evaluate(model, val_loader, opts, ctx, num_classes,
-                                                          progress)
-            sums = distributed.all_reduce_sum(
-                ctx, torch.tensor([loss_sum, count, val_loss_sum, val_count], dtype=torch.float64))
-            confusion = distributed.all_reduce_sum(ctx, confusion)
-            record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                      "train_loss": (sums[0] / sums[1]).item(), "seconds": time.perf_counter() - t0}
-            if sums[3] > 0:
-                record["val_loss"] = (sums[2] / sums[3]).item()
-                record.update(scores(confusion, class_names))
+            record = _epoch_record(model, val_loader, opts, ctx, class_names, progress, loss_sum, count,
+                                   epoch, step, lr, t0)
             history.append(record)
             # Without a validation split the latest epoch counts as the best.
             improved = ("mean_dice" not in record or best is None or best.get("mean_dice") is None
@@ -537,7 +555,8 @@ def add_arguments(parser) -> None:
                    help="'builtin' (synthetic shapes, no download) or a folder with images/ and masks/")
     g.add_argument("--samples", type=int, default=d.samples, help="size of the built-in set (default %(default)s)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help="classes in the folder's masks, background included (default 2, or the number of --class-names)")
+                   help="classes in the folder's masks, background included "
+                        "(default 2, or the number of --class-names)")
     g.add_argument("--class-names", type=_class_list, default=None, metavar="A,B,...",
                    help="names for the folder's classes 0, 1, ...")
     g.add_argument("--val-split", type=float, default=d.val_split, help="validation fraction (default %(default)s)")
