@@ -180,6 +180,7 @@ def main(plan_path: str, cache_dir: str) -> int:
         return 2
     kernels = {name: getattr(module, name) for module in (up_concat_forward, up_concat_backward)
                for name in dir(module) if name.endswith("_kernel")}
+    builder = identity()  # before build_launchers sets TRITON_LIBCUDA_PATH to its stand-in
     start = time.perf_counter()
     compiled, failed = [], []
     entries = plan["specializations"]
@@ -195,7 +196,7 @@ def main(plan_path: str, cache_dir: str) -> int:
     launchers = build_launchers(compiled)
     slim_and_relocate(cache_dir, slim=True)
     with open(os.path.join(cache_dir, IDENTITY_FILE), "w") as f:
-        json.dump(identity(), f, indent=1)
+        json.dump(builder, f, indent=1)
     with open(os.path.join(cache_dir, PLAN_FILE), "w") as f:
         json.dump(plan, f)
     print(f"\ncompiled {len(compiled)} kernels ({launchers} launchers) for sm_{plan['capability']} into {cache_dir} "

@@ -38,12 +38,15 @@ def _disabled(config) -> bool:
 
 def bench_cases(config):
     """The cases for this session: tiny when only checking they run, real on a GPU, small on the CPU."""
-    if _disabled(config):
-        return C.decoder_cases(batch=1, image_size=32, base_channels=4) + [C.ModelCase("unet", 1, 16, 4)]
+    if _disabled(config):  # nnU-Net's two shallowest 3-D steps on a 32^3 patch: tiny
+        return (C.decoder_cases(batch=1, image_size=32, base_channels=4) + C.nnunet_3d_cases(1, 32)[-2:]
+                + [C.ModelCase("unet", 1, 16, 4)])
     if DEVICE.type == "cuda":
-        return C.decoder_cases(batch=8, image_size=512) + [C.ModelCase("unet", 8, 512)]
-    # Real channel counts at batch 1 and a quarter of the image area: about 50 rows in a few minutes.
-    return C.decoder_cases(batch=1, image_size=256) + [C.ModelCase("unet", 1, 64)]
+        return (C.decoder_cases(batch=8, image_size=512) + C.nnunet_3d_cases(2, 128)
+                + [C.ModelCase("unet", 8, 512)])
+    # Real channel counts at batch 1 and a quarter of the image area (a 64^3 patch for nnU-Net's
+    # 3-D steps): about 80 rows in a few minutes.
+    return C.decoder_cases(batch=1, image_size=256) + C.nnunet_3d_cases(1, 64) + [C.ModelCase("unet", 1, 64)]
 
 
 def bench_dtypes():

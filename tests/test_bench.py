@@ -105,3 +105,27 @@ def test_cpu_providers_are_timed_in_turns():
     assert calls == ["a", "b"] * 4
     assert len(stats) == 2 and all(s["median_ms"] >= s["min_ms"] >= 0 for s in stats)
     assert "in turns" in stats[0]["timer"]
+
+
+def test_nnunet_3d_cases_are_its_default_3d_fullres_decoder():
+    steps = C.nnunet_3d_cases(batch=2, patch=128)
+    assert [(c.cin, c.cout, c.spatial, c.kernel) for c in steps] == [
+        (320, 320, (4, 4, 4), (2, 2, 2)), (320, 256, (8, 8, 8), (2, 2, 2)), (256, 128, (16, 16, 16), (2, 2, 2)),
+        (128, 64, (32, 32, 32), (2, 2, 2)), (64, 32, (64, 64, 64), (2, 2, 2)), (64, 32, (16, 64, 64), (1, 2, 2))]
+    assert all(c.cs == c.cout and not c.relu and not c.skip_first for c in steps)
+    # Compulsory bytes of the 64 -> 32 step, bf16: x read once, skip read once, out written once.
+    c = steps[4]
+    p, t = 2 * 64**3, 8
+    assert c.nbytes("forward", torch.bfloat16) == 2 * (p * 64 + p * t * (32 + 2 * 32) + t * 64 * 32)
+
+
+def test_3d_step_rows_run_and_match_the_reference(tmp_path, pytorch_path):
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", "--quick", "--device", "cpu", "--case", "3da,3d1", "--patch-size", "32", "--provider",
+               "fused,eager", "--warmup", "0", "--repeats", "1", "--no-progress", "--json", str(out_json)])
+    assert rc == 0
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {r["case"] for r in rows} == {"3da", "3d1"}
+    for r in rows:
+        assert r["status"] == "ok" and r["rel_err"] < 1e-5, r
+        assert len(r["shapes"]["x"]) == 5

@@ -27,13 +27,18 @@ from unet_fast import names
 from unet_fast.errors import InputError
 from unet_fast.workflow.atomic_write import atomic_write, atomic_write_plot, check_report_file
 
-QUICK = dict(batch=1, image_size=128, model_batch=1, model_size=64, dtype="fp32", mode="full",
+QUICK = dict(batch=1, image_size=128, batch_3d=1, patch_size=32, model_batch=1, model_size=64, dtype="fp32",
+             mode="full",
              provider="fused,eager", sets=2, warmup=1, repeats=3)
-CPU = dict(batch=1, image_size=512, model_batch=1, model_size=64, dtype="fp32",
+CPU = dict(batch=1, image_size=512, batch_3d=1, patch_size=64, model_batch=1, model_size=64, dtype="fp32",
            mode="forward,backward,full", provider="all", sets=2, warmup=2, repeats=5)
-GPU = dict(batch=8, image_size=512, model_batch=8, model_size=512, dtype="bf16,fp16,fp32",
+GPU = dict(batch=8, image_size=512, batch_3d=2, patch_size=128, model_batch=8, model_size=512, dtype="bf16,fp16,fp32",
            mode="forward,backward,full", provider="all", sets=3, warmup=None, repeats=None)
-CASE_NAMES = ("up3", "up2", "up1", "unet", "custom")
+STEPS_2D = ("up3", "up2", "up1")
+# nnU-Net's 3d_fullres decoder steps (unet_fast.cases.nnunet_3d_cases), deepest first, and its
+# anisotropic (1, 2, 2) step.
+STEPS_3D = ("3d5", "3d4", "3d3", "3d2", "3d1", "3da")
+CASE_NAMES = (*STEPS_2D, *STEPS_3D, "unet", "custom")
 
 
 def add_arguments(parser) -> None:
@@ -59,6 +64,8 @@ def add_arguments(parser) -> None:
     s = parser.add_argument_group("sizes")
     s.add_argument("--batch", type=int, help="batch of the decoder-step cases (GPU 8, CPU 1)")
     s.add_argument("--image-size", type=int, help="image size the decoder steps come from (512)")
+    s.add_argument("--batch-3d", type=int, help="batch of nnU-Net's 3-D steps, --case 3d5,...,3da (GPU 2, CPU 1)")
+    s.add_argument("--patch-size", type=int, help="nnU-Net's 3-D patch, a multiple of 32 (GPU 128, CPU 64)")
     s.add_argument("--base-channels", type=int, default=64, help="UNet base_channels (64)")
     s.add_argument("--model-batch", type=int, help="batch of the UNet case (GPU 8, CPU 1)")
     s.add_argument("--model-size", type=int, help="image size of the UNet case (GPU 512, CPU 64)")
@@ -99,19 +106,20 @@ def resolve(args, device):
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    _positive(args, ["batch", "image_size", "base_channels", "model_batch", "model_size", "sets",
-                     "repeats", "rep_ms", "threads"])
+    _positive(args, ["batch", "batch_3d", "patch_size", "image_size", "base_channels", "model_batch", "model_size",
+                     "sets", "repeats", "rep_ms", "threads"])
     return args
 
 
 def build_cases(args):
     from unet_fast import cases as C
     names = _choices(args.case, CASE_NAMES, "--case") if args.case else (
-        ["custom"] if args.shape else ["up3", "up2", "up1", "unet"])
+        ["custom"] if args.shape else [*STEPS_2D, "unet"])
     if "custom" in names and not args.shape:
         raise InputError("--case custom needs at least one --shape N,Cin,Cout,Cs,H,W")
     try:
-        steps = C.decoder_cases(args.batch, args.image_size, args.base_channels)
+        steps = (C.decoder_cases(args.batch, args.image_size, args.base_channels)
+                 + C.nnunet_3d_cases(args.batch_3d, args.patch_size))
         custom = [C.parse_shape(s, "custom" if i == 0 else f"custom{i + 1}") for i, s in enumerate(args.shape)]
     except ValueError as e:
         raise InputError(str(e)) from None

@@ -105,3 +105,21 @@ def achieved(nbytes, median_ms, ceiling_gbps):
         return None, None
     gbps = nbytes / (median_ms * 1e-3) / 1e9
     return gbps, (100.0 * gbps / ceiling_gbps if ceiling_gbps else None)
+
+
+def step_bytes_nd(mode: str, pixels: int, taps: int, cin: int, cout: int, cs: int, elem_size: int,
+                  relu: bool) -> int:
+    """Compulsory bytes of any decoder step, 2-D or 3-D: `pixels` = N * prod(x's spatial size),
+    `taps` = prod(kernel) output pixels per input pixel. The 2-D formulas above are this with
+    taps = 4.
+
+      forward   read x P*Cin, read skip P*T*Cs, write out P*T*(Cout + Cs), read weight T*Cin*Cout
+      backward  read grad P*T*(Cout + Cs), and with a ReLU the saved output once more for its
+                mask; read x P*Cin, write dx P*Cin, write dskip P*T*Cs, read weight and write
+                dweight T*Cin*Cout each
+    """
+    out_pixels = pixels * taps
+    fwd = pixels * cin + out_pixels * (cout + 2 * cs) + taps * cin * cout
+    mask = out_pixels * (cout + cs) if relu else 0
+    bwd = out_pixels * (cout + cs) + mask + 2 * pixels * cin + out_pixels * cs + 2 * taps * cin * cout
+    return elem_size * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]

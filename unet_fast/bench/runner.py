@@ -12,6 +12,7 @@ reference computed from the same (already rounded) inputs and weights: what a wa
 show that a faster row did not get less accurate.
 """
 import contextlib
+import functools
 import gc
 import itertools
 import os
@@ -88,7 +89,8 @@ class _StepBench:
 
     def __init__(self, case, dtype, layout, mode, provider, device, compile_mode):
         self.case, self.dtype, self.layout, self.mode, self.device = case, dtype, layout, mode, device
-        self.fn = P.step_impl(provider, compile_mode)  # compiled once per row; every input set reuses it
+        self.fn = functools.partial(P.step_impl(provider, compile_mode), relu=case.relu,
+                                    skip_first=case.skip_first)  # compiled once per row; every input set reuses it
         self.weight, self.bias = C.step_weights(case, dtype, device, requires_grad=mode != "forward")
         self.rel_err = None
 
@@ -116,7 +118,8 @@ class _StepBench:
                     return torch.autograd.grad(fn(*leaves), leaves, dy)
         if i == 0:
             with torch.no_grad():
-                want = reference.up_concat(x.double(), skip.double(), weight.double(), bias.double())
+                want = reference.up_concat(x.double(), skip.double(), weight.double(), bias.double(),
+                                           relu=self.case.relu, skip_first=self.case.skip_first)
             self.rel_err = reference.relative_error(out, want)
             del want
         if mode != "backward":
