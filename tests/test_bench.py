@@ -85,7 +85,7 @@ def test_backward_bytes_count_each_tensor_once():
 @pytest.mark.parametrize("argv, message", [
     (["--dtype", "float8"], "--dtype: unknown 'float8'"),
     (["--case", "custom"], "needs at least one --shape"),
-    (["--shape", "1,2,3"], "six positive integers"),
+    (["--shape", "1,2,3"], "six or seven positive integers"),
     (["--batch", "0"], "--batch must be at least 1"),
     (["--json", "/nonexistent-folder/bench.json"], "does not exist"),
 ])

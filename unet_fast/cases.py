@@ -155,7 +155,7 @@ def parse_shape(text: str, name: str = "custom") -> StepCase:
     if len(parts) not in (6, 7) or min(parts) < 1:
         raise ValueError(f"--shape wants six or seven positive integers N,Cin,Cout,Cs,H,W or "
                          f"N,Cin,Cout,Cs,D,H,W, got {text!r}")
-    return StepCase(name, *parts[:5], tuple(parts[5:]))
+    return StepCase(name, *parts[:4], tuple(parts[4:]))
 
 
 def _randn(shape, dtype, device, gen, scale=1.0):

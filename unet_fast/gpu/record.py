@@ -168,8 +168,17 @@ def _replace_everywhere(original, replacement, patches):
                 setattr(module, attr, replacement)
 
 
+def _disabled() -> bool:
+    """UNET_FAST_DISABLE_TRITON, read as the op reads it."""
+    from unet_fast.ops import up_concat_op
+    env_flag = getattr(up_concat_op, "env_flag", None)
+    if env_flag is not None:
+        return bool(env_flag("UNET_FAST_DISABLE_TRITON"))
+    return os.environ.get("UNET_FAST_DISABLE_TRITON", "0") not in ("", "0")
+
+
 def _recording_uses_triton(t) -> bool:
-    if os.environ.get("UNET_FAST_DISABLE_TRITON", "0") not in ("", "0"):
+    if _disabled():
         return False
     return t.device.type in ("cpu", "cuda")
 
