@@ -45,10 +45,10 @@ def load():
     for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
         with open(path) as f:
             doc = json.load(f)
-        if "rows" not in doc:
+        if "rows" not in doc and "networks" not in doc:
             continue
         doc["file"] = os.path.relpath(path, HERE)
-        for row in doc["rows"]:  # older bench files spell dtypes as torch does ("bf16")
+        for row in doc.get("rows", []):  # older bench files spell dtypes as torch does ("bfloat16")
             row["dtype"] = names.dtype_name(row["dtype"])
         docs.append(doc)
     return docs
@@ -220,9 +220,36 @@ def cpu_target(doc, target=1.5):
     return f"Target fused >= {target}x eager, forward: " + "; ".join(out) + "." if out else ""
 
 
+def networks_section(doc) -> list:
+    """Whole MONAI / nnU-Net networks, fused (unet_fast.fuse) against unfused: one line per
+    network and mode, with the training step's peak memory."""
+    m = doc["meta"]
+    md = [f"From `{doc['file']}`: {m['kind']}. {m['device_name']}, torch {m['torch']}, monai {m.get('monai')}, "
+          f"dynamic_network_architectures {m.get('dynamic_network_architectures')}, commit `{m['commit']}`, "
+          f"{m['date']}; load average {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end. "
+          f"Peak memory: {m.get('memory_method')}. Command: `{m.get('command')}`.", "",
+          "| network | input | mode | unfused ms | fused ms | speedup | unfused peak MiB | fused peak MiB | "
+          "decoder steps fused |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = doc["networks"]
+    for net in dict.fromkeys(r["network"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["network"] == net):
+            pick = {r["provider"]: r for r in rows if r["network"] == net and r["mode"] == mode}
+            fused, unfused = pick.get("fused"), pick.get("unfused")
+            if not fused or not unfused:
+                continue
+            peak = [f"{r['peak_memory']['step_peak_mib']:.0f}" if r.get("peak_memory") else "n/a"
+                    for r in (unfused, fused)]
+            size = "x".join(map(str, fused["size"]))
+            md.append(f"| {net} | {fused['batch']}x{size} {fused['dtype']} | {mode} | {unfused['median_ms']:.0f} | "
+                      f"{fused['median_ms']:.0f} | {unfused['median_ms'] / fused['median_ms']:.2f}x | {peak[0]} | "
+                      f"{peak[1]} | {fused['fused_steps']} of {fused['decoder_steps']} |")
+    return md
+
+
 def render(docs) -> str:
-    static = [d for d in docs if d["meta"].get("kind", "").startswith(STATIC)]
-    docs = merge([d for d in docs if d not in static])
+    networks = [d for d in docs if "networks" in d]
+    static = [d for d in docs if d not in networks and d["meta"].get("kind", "").startswith(STATIC)]
+    docs = merge([d for d in docs if d not in static and d not in networks])
     gpu = [d for d in docs if d["meta"]["device"] == "cuda"]
     cpu = [d for d in docs if d["meta"]["device"] == "cpu"]
     md = ["# unet_fast benchmark results", "",
@@ -266,6 +293,11 @@ def render(docs) -> str:
         target = cpu_target(doc)
         if target:
             md += [target, ""]
+    md += ["## Whole networks on the CPU: MONAI and nnU-Net, fused by `unet_fast.fuse` against unfused", ""]
+    for doc in networks:
+        md += networks_section(doc) + [""]
+    if not networks:
+        md += ["No whole-network run recorded.", ""]
     return "\n".join(md).rstrip() + "\n"
 
 
