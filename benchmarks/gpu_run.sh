@@ -260,9 +260,9 @@ bench_part() {  # bench_part PART: the part's bench calls, listed once in unet_f
 
 tests_part() {
     need_cuda || return 1
-    # A test module that cannot be imported here (an optional library the GPU machine lacks)
-    # fails the part but does not stop the other tests.
-    python3 -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors
+    # The unet_fast.fuse tests need MONAI and nnU-Net's libraries, which the GPU machine lacks
+    # (and none of them is marked gpu): left out rather than failing at import.
+    python3 -m pytest tests -m gpu -q -p no:cacheprovider --ignore-glob="tests/test_fuse_*"
 }
 
 export OUT

@@ -47,8 +47,8 @@ def test_training_step_and_prediction_run_the_triton_kernels(monkeypatch, tmp_pa
     _, torch_grads = train_one_step(monkeypatch, tmp_path / "torch")
 
     select_path(monkeypatch, "triton")
-    forward = spy_on_triton_launches(monkeypatch, fwd_module, "up_concat_forward")
-    backward = spy_on_triton_launches(monkeypatch, bwd_module, "up_concat_backward")
+    forward = spy_on_triton_launches(monkeypatch, fwd_module, "forward")
+    backward = spy_on_triton_launches(monkeypatch, bwd_module, "backward")
     result, triton_grads = train_one_step(monkeypatch, tmp_path / "triton")
     # Three decoder steps: the training forward and the validation forward, one backward.
     assert forward == [FORWARD] * 6, forward
