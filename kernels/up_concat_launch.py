@@ -289,13 +289,3 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
             KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
         )
     return dx, dskip, dweight, dbias
-
-
-# The 2-D names the op layer called before launch_forward / launch_backward (to be removed once
-# the op calls the new ones).
-def up_concat_forward(x, skip, weight, bias, relu: bool, out=None):
-    return launch_forward(x, skip, weight, bias, relu=relu, skip_first=False, out=out)
-
-
-def up_concat_backward(grad, out, x, weight, relu: bool, has_bias: bool):
-    return launch_backward(grad, out if relu else None, x, weight, skip_first=False, has_bias=has_bias)
