@@ -96,7 +96,7 @@ dry_run() {
         if "$candidate" -c "" >/dev/null 2>&1; then py=$candidate; break; fi
     done
     if [ -z "$py" ]; then echo "gpu_run.sh: no python$GPU_PYTHON here to build the GPU's cache with" >&2; return 2; fi
-    if [ ! -x "$rec/bin/python" ]; then bash benchmarks/triton36_venv.sh || return 2; fi
+    if [ ! -x "$rec/bin/python" ]; then bash benchmarks/triton_venv.sh 3.6.0 || return 2; fi
     if [ ! -x "$cc/bin/python" ]; then
         "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
     fi
