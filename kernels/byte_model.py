@@ -1,7 +1,8 @@
 """Byte model of the up_concat kernels: bytes each kernel moves, as written, against its floor.
 
-MODELLED, NOT MEASURED. Pure Python (no torch, no Triton): `python -m unet_fast.kernels.byte_model`
-or `python kernels/byte_model.py` prints the table for the decoder steps below.
+MODELLED, NOT MEASURED. Pure arithmetic (no torch, no Triton at import):
+`python -m unet_fast.kernels.byte_model` prints the table for the steps of the static report
+(unet_fast.cases.report_cases).
 
 What is counted. For each kernel launch of a decoder step, the DRAM bytes its code reads and
 writes with the grid order it has (kernels/common.py program_role, the weight-gradient grid):
@@ -29,8 +30,6 @@ there is a ReLU. Per kernel, the floor is that part of it the kernel must move i
 Times: bytes / bandwidth, a range from the HBM peak (3.35 TB/s H100, 4.8 TB/s H200) to the
 measured copy ceiling (about 3.0 TB/s on an H100; scaled by the same 0.9 on an H200).
 """
-from dataclasses import dataclass
-from math import prod
 
 H100_HBM = 3.35e12
 H100_COPY = 3.0e12
@@ -44,53 +43,8 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One decoder step: x [n, cin, *spatial], weight [cin, cout, *k], skip [n, cs, *(spatial*k)].
-    `relu`: the step's usual activation after the concatenation (the default 2-D UNet has one,
-    nnU-Net's 3-D decoder has none)."""
-    name: str
-    n: int
-    cin: int
-    cout: int
-    cs: int
-    spatial: tuple
-    k: tuple
-    relu: bool = False
-
-    @property
-    def m(self) -> int:
-        return self.n * prod(self.spatial)
-
-    @property
-    def taps(self) -> int:
-        return prod(self.k)
-
-    @property
-    def mout(self) -> int:
-        return self.m * self.taps
-
-    @property
-    def label(self) -> str:
-        size = "x".join(map(str, self.spatial))
-        return f"{self.name} {self.cin}->{self.cout}+{self.cs} @{size} k{'x'.join(map(str, self.k))} n{self.n}"
-
-
-# The default UNet's decoder steps (batch 8 from 512x512, base 64 channels, ReLU after the
-# concatenation) and nnU-Net's 3d_fullres decoder (batch 2, 128^3 patch, features 32 ... 320,
-# no activation), plus an anisotropic (1, 2, 2) step.
-STEPS = (
-    Step("up3", 8, 512, 256, 256, (64, 64), (2, 2), relu=True),
-    Step("up2", 8, 256, 128, 128, (128, 128), (2, 2), relu=True),
-    Step("up1", 8, 128, 64, 64, (256, 256), (2, 2), relu=True),
-    Step("3d5", 2, 320, 320, 320, (4, 4, 4), (2, 2, 2)),
-    Step("3d4", 2, 320, 256, 256, (8, 8, 8), (2, 2, 2)),
-    Step("3d3", 2, 256, 128, 128, (16, 16, 16), (2, 2, 2)),
-    Step("3d2", 2, 128, 64, 64, (32, 32, 32), (2, 2, 2)),
-    Step("3d1", 2, 64, 32, 32, (64, 64, 64), (2, 2, 2)),
-    Step("3da", 2, 64, 32, 32, (16, 64, 64), (1, 2, 2)),
-)
-STEP_NAMES = tuple(s.name for s in STEPS)
+# A step is a unet_fast.cases.StepCase (the one definition of the shapes the project names):
+# n, cin, cout, cs, spatial, kernel, relu, and m (input pixels), taps, mout (output pixels).
 
 # The tiles modelled: each kernel's first 16-bit channels_last tile on sm_90 in kernels/configs.py
 # (BLOCK_M, BLOCK_N, BLOCK_K). Only the L2 figures and the weight-gradient split depend on them.
@@ -98,7 +52,7 @@ DEFAULT_TILES = {"forward": (128, 64, 64), "backward_input": (128, 64, 64), "bac
 KERNELS = ("weight_pack", "forward", "backward_input", "backward_weight", "weight_reduce")
 
 
-def weight_grad_splits(step: Step, tile, elem: int, relu: bool, acc: int = 4, sms: int = SMS) -> int:
+def weight_grad_splits(step, tile, elem: int, relu: bool, acc: int = 4, sms: int = SMS) -> int:
     """The launcher's split count for the weight gradient on a GPU of `sms` SMs."""
     bm, bn, bk = tile
     tiles = cdiv(step.cin, bm) * step.taps * cdiv(step.cout, bn)
@@ -109,7 +63,7 @@ def weight_grad_splits(step: Step, tile, elem: int, relu: bool, acc: int = 4, sm
     return cdiv(step.m, per_split)
 
 
-def kernel_bytes(kernel: str, step: Step, elem: int = 2, relu=None, has_bias: bool = True,
+def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = True,
                  weight_stride1: bool = False, tile=None) -> dict:
     """{moved, floor, l2_bytes, ratio, h100_us (lo, hi), h200_us (lo, hi)} of one kernel launch
     of `step` with `elem`-byte tensors (the partials are fp32). relu=None takes the step's own.
@@ -166,7 +120,7 @@ def _with_times(row: dict) -> dict:
     return row
 
 
-def step_floor(step: Step, direction: str, elem: int = 2, relu=None, has_bias: bool = True) -> float:
+def step_floor(step, direction: str, elem: int = 2, relu=None, has_bias: bool = True) -> float:
     """The whole step's floor: 'forward' (the formula above) or 'backward'."""
     relu = step.relu if relu is None else relu
     x = elem * step.m * step.cin
@@ -179,7 +133,7 @@ def step_floor(step: Step, direction: str, elem: int = 2, relu=None, has_bias: b
     return grad + mask + x + x + dskip + w + w + (elem * step.cout if has_bias else 0)
 
 
-def step_rows(step: Step, elem: int = 2, relu=None, weight_stride1: bool = False) -> list:
+def step_rows(step, elem: int = 2, relu=None, weight_stride1: bool = False) -> list:
     """Every kernel of a training step (forward and backward) and the two totals. The forward and
     the backward each repack a weight that is not stride-1 along Cout (weight_pack, counted in
     both totals)."""
@@ -207,8 +161,9 @@ def format_table(rows) -> str:
 
 
 def main() -> None:
+    from unet_fast.cases import report_cases
     print("Byte model, bf16 (MODELLED, NOT MEASURED): DRAM bytes as written under the L2 assumption")
-    for step in STEPS:
+    for step in report_cases():
         print(f"\n{step.label} relu={step.relu} (weight repacked: not channels_last)")
         print(format_table(step_rows(step)))
 

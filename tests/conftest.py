@@ -1,7 +1,8 @@
 """Test setup: without a GPU, the Triton kernels run under Triton's CPU interpreter.
 
 TRITON_INTERPRET must be set before triton.jit decorates the kernels, so before unet_fast is
-imported: this file runs first. The PyTorch path is tested by switching the interpreter off per test (see helpers.py).
+imported: this file runs first. The PyTorch path is tested by switching the interpreter off per
+test (see helpers.py).
 """
 import os
 
@@ -30,3 +31,29 @@ def _exact_float32_and_poisoned_outputs(monkeypatch):
     print(f"torch seed {torch.seed()}")
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# Fixtures the workflow tests share: found by pytest here, so test files name them as arguments
+# without importing them.
+@pytest.fixture
+def ckpt(tmp_path):
+    """A small checkpoint with classes bg, fg."""
+    from unet_fast.models.unet import UNet
+    from unet_fast.workflow import checkpoint
+
+    model = UNet(out_channels=2, base_channels=4)
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, {"config": checkpoint.model_config(model, ["bg", "fg"]),
+                           "model": model.state_dict(), "epoch": 0, "history": []})
+    return path
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A 20x24 black RGB PNG."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
+    return path

@@ -13,7 +13,6 @@ import types
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import unet_fast
 from unet_fast.errors import InputError
@@ -35,13 +34,6 @@ def _save(path, class_names=("bg", "fg"), out_channels=2, poison=None):
         state[name].view(-1)[0] = value
     config = dict(model.config(), class_names=class_names)
     checkpoint.save(path, {"config": config, "model": state, "epoch": 0, "history": []})
-    return path
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "ok.png"
-    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
     return path
 
 

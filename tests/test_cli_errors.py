@@ -24,22 +24,6 @@ def _corrupt_png(path):
     path.write_bytes(data[: len(data) // 2])  # truncated: the header reads, the pixels do not
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    model = UNet(out_channels=2, base_channels=4)
-    path = tmp_path / "model.pt"
-    checkpoint.save(path, {"config": checkpoint.model_config(model, ["bg", "fg"]),
-                           "model": model.state_dict(), "epoch": 0, "history": []})
-    return path
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "ok.png"
-    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
-    return path
-
-
 # ---- train -------------------------------------------------------------------------------------
 
 def test_train_missing_data_folder(tmp_path, capsys):

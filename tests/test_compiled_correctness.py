@@ -77,3 +77,23 @@ def test_unet_matches_reference_unet(monkeypatch, layout):
     ref_params = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         assert_close_to_reference(p.grad, ref_params[name].grad, torch.float32, f"grad of {name}")
+
+
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_dbias_upcasts_each_tap_before_summing(monkeypatch, skip_first):
+    """bf16 gradients 256, 1, -256, 0 on the four taps of every pixel: summed in bf16 the 1 is
+    lost (256 + 1 rounds to 256), summed in fp32 each pixel adds exactly 1. Only the compiled
+    kernels see bf16 sums: the interpreter upcasts everything."""
+    select_path(monkeypatch, "triton")
+    n, cin, cout, cs, h, w = 2, 16, 16, 16, 4, 4
+    x = randn(n, cin, h, w, dtype=torch.bfloat16).requires_grad_()
+    skip = randn(n, cs, 2 * h, 2 * w, dtype=torch.bfloat16).requires_grad_()
+    weight = randn(cin, cout, 2, 2, dtype=torch.bfloat16).requires_grad_()
+    bias = randn(cout, dtype=torch.bfloat16).requires_grad_()
+    out = up_concat(x, skip, weight, bias, relu=False, skip_first=skip_first)
+    taps = torch.tensor([[256.0, 1.0], [-256.0, 0.0]], device=DEVICE).repeat(h, w)
+    grad = torch.zeros_like(out)
+    up = slice(cs, cs + cout) if skip_first else slice(0, cout)
+    grad[:, up] = taps.to(torch.bfloat16)
+    (dbias,) = torch.autograd.grad(out, (bias,), grad)
+    assert torch.equal(dbias.float(), torch.full((cout,), float(n * h * w), device=DEVICE))

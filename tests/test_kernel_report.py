@@ -17,7 +17,7 @@ import pytest
 
 from unet_fast.gpu.kernel_report import CASE_CHOICES, DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
 from unet_fast.kernels import configs
-from unet_fast.kernels.byte_model import STEP_NAMES
+from unet_fast.cases import report_cases
 from unet_fast.kernels.configs import TILES, operand_class, shared_memory_bound, tiles_for, tiles_that_fit
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
 from unet_fast.gpu.static_compile import ptx_features, ptxas_resources
@@ -69,7 +69,7 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
     """One row per config the autotuner keeps after pruning, for each arch, dtype, layout, step,
     (ReLU, bias) variant and IDX64 setting; the dW reduction once per variant (no IDX64)."""
     _, doc = report
-    assert set(CASE_CHOICES) == set(STEP_NAMES) and set(CASES) <= set(CASE_CHOICES)
+    assert set(CASE_CHOICES) == {c.name for c in report_cases()} and set(CASES) <= set(CASE_CHOICES)
     for arch, capability in ARCHES.items():
         for dtype in DTYPE_CHOICES:
             for layout in LAYOUT_CHOICES:
@@ -188,3 +188,18 @@ def test_ptx_and_ptxas_readers():
            "    184 bytes stack frame, 176 bytes spill stores, 224 bytes spill loads\n"
            "ptxas info    : Used 255 registers, used 1 barriers\n")
     assert ptxas_resources(log) == dict(registers=255, spill_stores=176, spill_loads=224)
+
+
+def test_kernels_command_exits_1_when_a_row_is_over(monkeypatch, capsys):
+    """The report's exit status, not only its rows: one config over the shared memory -> 1."""
+    from unet_fast.cli import main
+    from unet_fast.gpu import static_compile
+
+    def one_row_over(capability, cases, dtypes, layouts, progress=None):
+        return [dict(kernel="forward", case="up3", dtype="bf16", layout="channels_last", config="64x64x32 w8 s4",
+                     error=None, registers=128, spill_stores=0, spill_loads=0, shared=232449, shared_limit=232448)]
+
+    monkeypatch.setattr(static_compile, "compile_report", one_row_over)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["kernels", "--arch", "sm_90", "--case", "up3", "--dtype", "bf16"]) == 1
+    assert "needs 232449 bytes of shared memory" in capsys.readouterr().err

@@ -155,7 +155,6 @@ def test_fp16_weight_gradient_sums_partials_in_fp32(monkeypatch, splits):
     partials must be float32 (splits=2), or the one split's float32 accumulator is cast once (1)."""
     monkeypatch.setattr(launcher, "WEIGHT_GRAD_SPLITS", splits)
     x = torch.ones(1, 1, 1, 64, dtype=torch.float16)
-    skip = torch.zeros(1, 1, 1, 64, dtype=torch.float16)
     weight = torch.ones(1, 1, 1, 1, dtype=torch.float16)
     grad = torch.zeros(1, 2, 1, 64, dtype=torch.float16)
     grad[0, 0, 0, :32] = 4000

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from unet_fast.errors import InputError
-from unet_fast.models.unet import UNet
 from unet_fast.workflow import atomic_write as atomic_write_module
 from unet_fast.workflow import checkpoint
 from unet_fast.workflow import train as train_module
@@ -25,15 +24,6 @@ def _dead_pid() -> int:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     return gone.pid
-
-
-@pytest.fixture
-def ckpt(tmp_path):
-    model = UNet(out_channels=2, base_channels=4)
-    path = tmp_path / "model.pt"
-    checkpoint.save(path, {"config": checkpoint.model_config(model, ["bg", "fg"]),
-                           "model": model.state_dict(), "epoch": 0, "history": []})
-    return path
 
 
 # ---- the stale-temporary sweep ------------------------------------------------------------------

@@ -58,6 +58,20 @@ class StepCase:
         return self.spatial[-1]
 
     @property
+    def m(self) -> int:
+        """Input pixels: the GEMM's rows."""
+        return self.n * math.prod(self.spatial)
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def mout(self) -> int:
+        """Output pixels of the upsampled channels."""
+        return self.m * self.taps
+
+    @property
     def up_spatial(self) -> tuple:
         return tuple(s * k for s, k in zip(self.spatial, self.kernel))
 
@@ -143,6 +157,12 @@ def nnunet_3d_cases(batch: int = 2, patch: int = 128):
     cases.append(StepCase("3da", batch, f[1], f[0], f[0], (patch // 8, patch // 2, patch // 2), (1, 2, 2),
                           relu=False))
     return cases
+
+
+def report_cases():
+    """The steps the static report compiles and models: the default UNet's 2-D steps at batch 8
+    from 512x512 and nnU-Net's 3-D steps at batch 2 on a 128^3 patch."""
+    return decoder_cases(batch=8) + nnunet_3d_cases(batch=2, patch=128)
 
 
 def parse_shape(text: str, name: str = "custom") -> StepCase:

@@ -13,7 +13,7 @@ Beside each row, the kernel's byte model (kernels/byte_model.py): DRAM bytes mov
 against the floor, the ratio, and the implied H100 / H200 time range -- MODELLED, NOT MEASURED.
 
 Steps: the default UNet's 2-D steps up3, up2, up1 (batch 8) and nnU-Net's 3-D steps 3d5 ... 3d1
-plus the anisotropic 3da (batch 2); see kernels/byte_model.py STEPS.
+plus the anisotropic 3da (batch 2): unet_fast.cases.report_cases.
 
 Exit status 1 when a kernel fails to compile, needs more shared memory than the architecture has,
 spills more than --max-spill bytes, has an atomic instruction, or (16-bit channels_last) loads a
@@ -33,7 +33,7 @@ from unet_fast.workflow.atomic_write import atomic_write_text, check_report_file
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
 LAYOUT_CHOICES = tuple(names.LAYOUTS)
-CASE_CHOICES = ("up3", "up2", "up1", "3d5", "3d4", "3d3", "3d2", "3d1", "3da")  # byte_model.STEP_NAMES
+CASE_CHOICES = ("up3", "up2", "up1", "3d5", "3d4", "3d3", "3d2", "3d1", "3da")  # cases.report_cases()
 # Spill bytes per thread allowed in a launchable config. Zero: every config in kernels/configs.py
 # was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
 MAX_SPILL_BYTES = 0
@@ -101,7 +101,7 @@ def format_static_table(rows) -> str:
 def run(args) -> int:
     if args.json:  # now, not after the compiles
         check_report_file(args.json, "--json")
-    from unet_fast.kernels.byte_model import STEPS
+    from unet_fast.cases import report_cases
     from unet_fast.bench.environment import git_commit, triton_version
     from unet_fast.kernels.offline_target import parse_arch
     try:
@@ -109,7 +109,7 @@ def run(args) -> int:
     except ValueError as e:
         raise InputError(str(e)) from e
     chosen = _choices(args.case, CASE_CHOICES, "--case")
-    cases = [s for s in STEPS if s.name in chosen]
+    cases = [s for s in report_cases() if s.name in chosen]
     dtypes = _choices(args.dtype, DTYPE_CHOICES, "--dtype", names.dtype_name)
     layouts = _choices(args.layout, LAYOUT_CHOICES, "--layout", names.layout_name)
     from unet_fast.gpu.static_compile import compile_report

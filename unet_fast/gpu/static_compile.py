@@ -148,14 +148,6 @@ def _empty(shape, dtype, fmt):
     return torch.empty(shape, dtype=dtype).contiguous(memory_format=fmt)
 
 
-def model_step(case):
-    """The kernels/byte_model.py Step of a case: itself, or a 2x2 step from a cases.StepCase."""
-    from unet_fast.kernels import byte_model
-    if isinstance(case, byte_model.Step):
-        return case
-    return byte_model.Step(case.name, case.n, case.cin, case.cout, case.cs, (case.h, case.w), (2, 2), relu=True)
-
-
 # The step each row is compiled for (set by compile_report), for the byte-model columns.
 _current_step = None
 
@@ -174,19 +166,19 @@ def byte_model_columns(row, kwargs) -> dict:
 
 
 def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = True):
-    """The forward and the backward launches of one decoder step (a cases.StepCase, 2x2, or a
-    kernels/byte_model.py Step, 2-D or 3-D), on empty tensors. `fmt`: a layout name or a torch
-    memory format (channels_last means channels_last_3d for a 3-D step)."""
+    """The forward and the backward launches of one decoder step (a cases.StepCase, 2-D or 3-D),
+    on empty tensors. `fmt`: a layout name or a torch memory format (channels_last means
+    channels_last_3d for a 3-D step)."""
     from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward
-    step = model_step(case)
+    step = case
     ndim = 2 + len(step.spatial)
     if isinstance(fmt, str):
         fmt = names.memory_format(fmt, ndim)
     elif ndim == 5 and fmt == torch.channels_last:
         fmt = torch.channels_last_3d
     x = _empty([step.n, step.cin, *step.spatial], dtype, fmt)
-    skip = _empty([step.n, step.cs, *(s * k for s, k in zip(step.spatial, step.k))], dtype, fmt)
-    weight = torch.empty(step.cin, step.cout, *step.k, dtype=dtype)
+    skip = _empty([step.n, step.cs, *(s * k for s, k in zip(step.spatial, step.kernel))], dtype, fmt)
+    weight = torch.empty(step.cin, step.cout, *step.kernel, dtype=dtype)
     bias = torch.empty(step.cout, dtype=dtype) if has_bias else None
     out = launch_forward(x, skip, weight, bias, relu=relu, skip_first=False)
     launch_backward(torch.empty_like(out), out if relu else None, x, weight, skip_first=False, has_bias=has_bias)
@@ -227,7 +219,7 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
         with _fresh_compile_settings(tf32), offline_target(capability), recording_launches(compiler):
             for layout in layouts:
                 for case in cases:
-                    _current_step = model_step(case)
+                    _current_step = case
                     for relu, has_bias in VARIANTS:
                         for idx64 in (False, True):
                             compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
