@@ -9,14 +9,15 @@
 # cannot finish inside the budget (GPU_RUN_BUDGET_S, default 480 s) is not started:
 #   1 env       versions, nvidia-smi, the Triton cache's identity against this Triton's, unet-fast check
 #               and how many of its kernels the carried cache held
-#   2 tests     pytest -m gpu: compiled correctness (tests/test_gpu.py, torch.compile of UNet)
+#   2 tests     pytest -m gpu: compiled correctness (tests/test_compiled_correctness.py, torch.compile of UNet)
 #   3 steps     decoder steps, batch 8, bf16 channels_last fwd/bwd/fwd+bwd, fused vs eager vs
-#               torch.compile; fp32 contiguous forward
+#               torch.compile; fp32 contiguous forward; nnU-Net's 3-D steps (batch 2, 128^3), bf16
+#               channels_last_3d, fused vs eager
 #   4 model     UNet 512x512 batch 8 bf16 channels_last, inference and a training step, fused
 #               vs the eager reference, peak memory
 #   5 compiled  the same UNet under torch.compile (ReferenceUNet and UNet), if time is left
 # Files back (the device tool returns 8 at most): gpu_run.log (everything printed), summary.json
-# (parts, seconds, kernels compiled on the GPU), steps.json, steps-fp32.json, model.json,
+# (parts, seconds, kernels compiled on the GPU), steps.json, steps-fp32.json, steps-3d.json, model.json,
 # model-compiled.json.
 # Here, afterwards: copy the JSON into benchmarks/results/ (keep the names the script prints) and
 # run `python benchmarks/render_results.py`.
@@ -46,7 +47,7 @@ triton_ptxas() {
 PARTS=(
     "env      40  versions, nvidia-smi, Triton cache identity, python3 -m unet_fast check"
     "tests    120 pytest -m gpu: compiled correctness, torch.compile of UNet, offsets past 2**31, a training step"
-    "steps    200 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows"
+    "steps    260 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows, + 36 nnU-Net 3-D rows: 6 steps x bf16 channels_last_3d x 3 modes x fused/eager"
     "model    60  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
     "compiled 150 UNet 512x512 b8 bf16 channels_last under torch.compile (ReferenceUNet, UNet)"
 )

@@ -104,7 +104,7 @@ def test_the_bench_calls_are_listed_once_for_the_run_and_the_plan():
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["steps", "steps-fp32"]
+    assert names == ["steps", "steps-fp32", "steps-3d"]
     assert "--provider fused,eager,compiled" in proc.stdout
 
 

@@ -31,6 +31,11 @@ BENCH_CALLS = {
                   "--provider fused,eager,compiled --compile-mode default"),
         ("steps-fp32", "--case up3,up2,up1 --dtype float32 --layout contiguous --mode forward "
                        "--provider fused,eager,compiled --compile-mode default"),
+        # nnU-Net's 3d_fullres decoder steps (batch 2, 128^3 patch) and its anisotropic step: fused
+        # against eager (ConvTranspose3d + cat); the compiled provider would cost minutes of
+        # Inductor compiles for 18 more rows.
+        ("steps-3d", "--case 3d5,3d4,3d3,3d2,3d1,3da --dtype bfloat16 --layout channels_last "
+                     "--mode forward,backward,full --provider fused,eager"),
     ),
     "model": (("model", "--case unet --dtype bfloat16 --layout channels_last --provider fused,eager"),),
     "compiled": (("model-compiled", "--case unet --dtype bfloat16 --layout channels_last "
@@ -38,13 +43,13 @@ BENCH_CALLS = {
 }
 
 # Recording a bench call here: one call per row, only the providers that run the fused op, at the
-# GPU's sizes (the bench's GPU defaults: batch 8 decoder steps from 512x512 images, the UNet at
-# batch 8 on 512x512). Smaller sizes do not record the same kernels: the autotuner's pruning,
+# GPU's sizes (the bench's GPU defaults: batch 8 decoder steps from 512x512 images, nnU-Net's
+# 3-D steps at batch 2 on a 128^3 patch, the UNet at batch 8 on 512x512). Smaller sizes do not record the same kernels: the autotuner's pruning,
 # the weight gradient's split count and constexprs derived from the sizes all follow them
 # (tests/test_gpu_plan_coverage.py keeps these equal to the bench's GPU defaults). The fused op's
 # results are not computed while the bench parts record (nothing there checks them), which
 # leaves the network's other layers as the cost: minutes on a 2-core CPU, once per dry run.
-GPU_SIZES = dict(batch=8, image_size=512, model_batch=8, model_size=512)
+GPU_SIZES = dict(batch=8, image_size=512, batch_3d=2, patch_size=128, model_batch=8, model_size=512)
 RECORD_SIZES = GPU_SIZES
 RECORD_BENCH_OPTIONS = ("--device cpu --no-progress --sets 1 --warmup 0 --repeats 1 --compile "
                         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in RECORD_SIZES.items()))
