@@ -44,8 +44,9 @@ BENCH_CALLS = {
 
 # Recording a bench call here: one call per row, only the providers that run the fused op, at the
 # GPU's sizes (the bench's GPU defaults: batch 8 decoder steps from 512x512 images, nnU-Net's
-# 3-D steps at batch 2 on a 128^3 patch, the UNet at batch 8 on 512x512). Smaller sizes do not record the same kernels: the autotuner's pruning,
-# the weight gradient's split count and constexprs derived from the sizes all follow them
+# 3-D steps at batch 2 on a 128^3 patch, the UNet at batch 8 on 512x512). Smaller sizes do not
+# record the same kernels: the autotuner's pruning, the weight gradient's split count and
+# constexprs derived from the sizes all follow them
 # (tests/test_gpu_plan_coverage.py keeps these equal to the bench's GPU defaults). The fused op's
 # results are not computed while the bench parts record (nothing there checks them), which
 # leaves the network's other layers as the cost: minutes on a 2-core CPU, once per dry run.
