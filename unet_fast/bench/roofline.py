@@ -1,6 +1,6 @@
 """Bytes a decoder step must move, and what fraction of the device's bandwidth a time achieves.
 
-On a GPU the decoder steps are memory-bound (shared/FACTS.md: at most ~146 FLOP/byte in bf16
+On a GPU the decoder steps are memory-bound (at most ~146 FLOP/byte in bf16
 against an H100 ridge of ~267), so the figure of merit is achieved GB/s against the copy
 ceiling, not FLOP/s. The counts below are compulsory traffic: every tensor the op needs read or
 written exactly once, nothing for intermediates. An implementation that materialises the
@@ -9,7 +9,7 @@ percentage then says how far it is from the ideal fused kernel, which is the poi
 """
 import torch
 
-# A copy ceiling measured on the device (FACTS.md: the H100 SXM of the device machines, which
+# A copy ceiling measured on the device (the H100 SXM of the GPU machines we run on, which
 # torch names "NVIDIA H100 80GB HBM3"; device-to-device copy, bytes read + written). The PCIe and
 # NVL H100s have other memory, so they are not matched. Devices not named here use the copy
 # measured at the start of the run (which every run also records, for comparison).
@@ -41,8 +41,8 @@ def forward_bytes(n, cin, cout, cs, h, w, elem_size) -> int:
         read weight  4*Cin*Cout
       = elem_size * (N*H*W*(Cin + 4*Cout + 8*Cs) + 4*Cin*Cout)
 
-    This is FACTS.md's 2*N*H*W*(Cin + 4*Cout + 8*Cs) + 8*Cin*Cout with elem_size = 2 (bf16). The
-    bias (Cout elements) is left out, as there.
+    With elem_size = 2 (bf16) this is 2*N*H*W*(Cin + 4*Cout + 8*Cs) + 8*Cin*Cout. The
+    bias (Cout elements) is left out.
     """
     return elem_size * (n * h * w * (cin + 4 * cout + 8 * cs) + 4 * cin * cout)
 
@@ -78,7 +78,7 @@ def step_bytes(mode: str, n, cin, cout, cs, h, w, elem_size) -> int:
 
 
 def known_copy_ceiling_gbps(device_name: str):
-    """The FACTS.md ceiling for a device we have measured before, else None."""
+    """The copy ceiling of a device we have measured before, else None."""
     for key, gbps in KNOWN_COPY_CEILING_GBPS.items():
         if key in device_name:
             return gbps
