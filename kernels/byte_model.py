@@ -36,7 +36,10 @@ H100_COPY = 3.0e12
 H200_HBM = 4.8e12
 H200_COPY = H200_HBM * H100_COPY / H100_HBM
 SMS = 132  # H100 SXM / H200: the launcher's split count fills 2 blocks per SM
-PARTIAL_BYTES_SHARE = 0.05  # as kernels/up_concat_launch.py: partials at most 5% of the reads
+# The split-K partials of the weight gradient (written once, read once) may cost at most this share
+# of the bytes the weight-gradient kernel reads, or the launcher cuts the split count (to 1: dW
+# stored directly). Defined here, where the model and the launcher both read it.
+PARTIAL_BYTES_SHARE = 0.05
 
 
 def cdiv(a: int, b: int) -> int:

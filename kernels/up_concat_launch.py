@@ -16,7 +16,8 @@ import triton
 
 from . import up_concat_backward as bwd
 from . import up_concat_forward as fwd
-from ..ops.layout import new_buffer, output_memory_format
+from ..ops.layout import channel_slices, new_buffer, output_memory_format, step_shapes
+from .byte_model import PARTIAL_BYTES_SHARE
 from .common import interpreting
 from .configs import REDUCE_BLOCK, REDUCE_WARPS, channels_last_operand, fixed_tile, operand_class
 
@@ -83,16 +84,6 @@ def needs_int64_offsets(*tensors) -> bool:
                for t in tensors)
 
 
-def output_format(x: torch.Tensor) -> torch.memory_format:
-    """The result's memory format: output_memory_format(x), with channels_last_3d for a 5-D x
-    that is (only) channels_last_3d where that rule does not say so itself."""
-    fmt = output_memory_format(x)
-    if (fmt == torch.contiguous_format and x.dim() == 5 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last_3d)):
-        return torch.channels_last_3d
-    return fmt
-
-
 def kernel_size(weight: torch.Tensor) -> tuple:
     """(kd, kh, kw) of a [Cin, Cout, kh, kw] or [Cin, Cout, kd, kh, kw] weight."""
     k = tuple(weight.shape[2:])
@@ -154,13 +145,13 @@ def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bi
     kd, kh, kw = kernel_size(weight)
     d, h, w = sizes3(x)
     if out is None:
-        out_shape = (n, cout + cs, *(s * k for s, k in zip(x.shape[2:], weight.shape[2:])))
-        out = new_buffer(out_shape, x, memory_format=output_format(x))
+        out = new_buffer(step_shapes(x, weight, cs)[1], x, memory_format=output_memory_format(x))
     m = n * d * h * w
     if m == 0:
         return out
     wk = weight_for_kernels(weight)
     skip_pix = kd * d * kh * h * kw * w
+    up, sk = channel_slices(cout, cs, skip_first)
     tiles = fixed_tiles(x.dtype)
     kernel = fwd.up_concat_forward_kernel if tiles else fwd.up_concat_forward_kernel_autotuned
     taps = kd * kh * kw
@@ -172,7 +163,7 @@ def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bi
     launch(
         kernel, grid,
         x, wk, bias if bias is not None else wk, skip, out,
-        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, cs if skip_first else 0, 0 if skip_first else cout,
+        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, up.start, sk.start,
         *strides5(x), wk.stride(0), wk.stride(1), *strides5(wk)[2:], bias.stride(0) if bias is not None else 0,
         *strides5(skip), *strides5(out),
         KD=kd, KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=relu, FLAT_X=flat_pixels((x,), (d, h, w)),
@@ -184,9 +175,6 @@ def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bi
 
 # Tests set an int here to force the number of weight-gradient splits (1 = no reduction of dW).
 WEIGHT_GRAD_SPLITS = None
-# The split-K partials (written once, read once) may cost at most this share of the bytes the
-# weight-gradient kernel reads, or the split count is cut (to 1: dW stored directly).
-PARTIAL_BYTES_SHARE = 0.05
 
 
 def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device,
@@ -216,7 +204,7 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     cs = grad.shape[1] - cout
     kd, kh, kw = kernel_size(weight)
     d, h, w = sizes3(x)
-    fmt = output_format(x)
+    fmt = output_memory_format(x)
     dx = new_buffer(x.shape, x, memory_format=fmt)
     dskip = new_buffer((n, cs, *grad.shape[2:]), x, memory_format=fmt)
     m = n * d * h * w
@@ -224,7 +212,8 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         return dx, dskip, torch.zeros_like(weight), weight.new_zeros(cout)
     taps = kd * kh * kw
     skip_pix = kd * d * kh * h * kw * w
-    conv_c0, skip_c0 = (cs, 0) if skip_first else (0, cout)
+    up, sk = channel_slices(cout, cs, skip_first)
+    conv_c0, skip_c0 = up.start, sk.start
     wk = weight_for_kernels(weight)
     mask_src = out if relu else grad  # read only when RELU
     # The ReLU mask of the upsampled channels as bits, written by backward_input and read by
