@@ -24,6 +24,9 @@ from types import SimpleNamespace
 
 import torch
 
+from unet_fast import reference
+from unet_fast.ops import torch_path
+
 # Streaming multiprocessors of the GPU the plan is recorded for (H200 / H100 SXM: 132).
 GPU_SMS = 132
 
@@ -55,44 +58,21 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _as3d(t):
-    """A 4-D [N, C, H, W] tensor as [N, C, 1, H, W]; a 5-D one as it is."""
-    return t.unsqueeze(2) if t.dim() == 4 else t
+def _upcast(dtype, *tensors):
+    acc = _acc(dtype)
+    return [None if t is None else t.to(acc) for t in tensors]
 
 
 def forward_result(x, skip, weight, bias, relu, skip_first):
-    """relu(cat([conv_transpose(x, weight, bias, stride=kernel), skip])), skip first if asked."""
-    acc = _acc(x.dtype)
-    conv = torch.nn.functional.conv_transpose2d if x.dim() == 4 else torch.nn.functional.conv_transpose3d
-    y = conv(x.to(acc), weight.to(acc), None if bias is None else bias.to(acc), stride=tuple(weight.shape[2:]))
-    y = torch.cat([skip.to(acc), y] if skip_first else [y, skip.to(acc)], dim=1)
-    return torch.relu(y) if relu else y
+    """The launcher's result, from the op's reference at float32 (float64 for float64)."""
+    return reference.up_concat(*_upcast(x.dtype, x, skip, weight, bias), relu=relu, skip_first=skip_first)
 
 
 def backward_result(grad, out, x, weight, skip_first, has_bias):
-    """(dx, dskip, dweight, dbias) of forward_result; `out` is the forward's result when it
-    applied a ReLU (threshold_backward's mask: out <= 0), else None."""
-    acc = _acc(x.dtype)
-    cout = weight.shape[1]
-    cs = grad.shape[1] - cout
-    g = grad.to(acc)
-    if out is not None:
-        g = g.masked_fill(out <= 0, 0)
-    gskip, gy = (g[:, :cs], g[:, cs:]) if skip_first else (g[:, cout:], g[:, :cout])
-    x3, w3, gy3 = _as3d(x.to(acc)), _as3d(weight.to(acc)), _as3d(gy)
-    n, cin, d, h, w = x3.shape
-    kd, kh, kw = w3.shape[2:]
-    # Stride = kernel: the taps never overlap, so the step is one GEMM per pixel.
-    xm = x3.permute(0, 2, 3, 4, 1).reshape(-1, cin)
-    gm = (gy3.reshape(n, cout, d, kd, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-          .reshape(n * d * h * w, cout * kd * kh * kw))
-    wm = w3.reshape(cin, -1)
-    dx = (gm @ wm.T).reshape(n, d, h, w, cin).permute(0, 4, 1, 2, 3)
-    dw = (xm.T @ gm).reshape(w3.shape)
-    if x.dim() == 4:
-        dx, dw = dx.squeeze(2), dw.squeeze(2)
-    dbias = gy.sum(dim=[i for i in range(gy.dim()) if i != 1])
-    return dx, gskip, dw, dbias
+    """(dx, dskip, dweight, dbias) from the op's PyTorch path at float32 (float64 for float64);
+    `out` is the forward's result when it applied a ReLU, else None."""
+    grad, out, x, weight = _upcast(x.dtype, grad, out, x, weight)
+    return torch_path.backward(grad, out, x, weight, has_bias, skip_first)
 
 
 def _wrap_forward(original):
