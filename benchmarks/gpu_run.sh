@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one command a GPU session runs, once, first: about 8 minutes of measuring on a warm H100.
 #
-#   bash benchmarks/gpu_run.sh             on the GPU machine (device tool: carry .triton-cache)
-#   bash benchmarks/gpu_run.sh --dry-run   here, before: builds .triton-cache, prints the plan
+#   bash benchmarks/gpu_run.sh             on the GPU machine (device tool: carry .triton-cache
+#                                          and .interop-wheels)
+#   bash benchmarks/gpu_run.sh --dry-run   here, before: builds both, prints the plan, counts the
+#                                          launches the built cache would miss
 #
 # Parts, in order of value; each writes its files into $OUT (the folder the device tool hands
 # back) the moment it ends, so a run cut short still returns what it finished, and a part that
@@ -15,10 +17,13 @@
 #               channels_last_3d, fused vs eager
 #   4 model     UNet 512x512 batch 8 bf16 channels_last, inference and a training step, fused
 #               vs the eager reference, peak memory
-#   5 compiled  the same UNet under torch.compile (ReferenceUNet and UNet), if time is left
-# Files back (the device tool returns 8 at most): gpu_run.log (everything printed), summary.json
-# (parts, seconds, kernels compiled on the GPU), steps.json, steps-fp32.json, steps-3d.json, model.json,
-# model-compiled.json.
+#   5 networks  nnU-Net's 3d_fullres PlainConvUNet and MONAI's BasicUNet 3D, batch 2 of 128^3,
+#               bf16 channels_last_3d, inference and a training step, unet_fast.fuse against
+#               unfused, peak memory (MONAI and nnU-Net's library installed from .interop-wheels)
+# (The whole UNet under torch.compile is `unet-fast bench --case unet --provider compiled,fused-compiled`:
+# two max-size Inductor compiles do not fit the window.)
+# Files back: gpu_run.log (everything printed), summary.json (parts, seconds, kernels compiled on
+# the GPU), steps.json, steps-fp32.json, steps-3d.json, model.json, networks.json.
 # Here, afterwards: copy the JSON into benchmarks/results/ (keep the names the script prints) and
 # run `python benchmarks/render_results.py`.
 #
@@ -46,11 +51,12 @@ triton_ptxas() {
 # name  estimated seconds (warm H100/H200, kernels from the cache)  what
 PARTS=(
     "env      40  versions, nvidia-smi, Triton cache identity, python3 -m unet_fast check"
-    "tests    120 pytest -m gpu: compiled correctness, torch.compile of UNet, offsets past 2**31, a training step"
-    "steps    260 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows, + 36 nnU-Net 3-D rows: 6 steps x bf16 channels_last_3d x 3 modes x fused/eager"
-    "model    60  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
-    "compiled 150 UNet 512x512 b8 bf16 channels_last under torch.compile (ReferenceUNet, UNet)"
+    "tests    130 pytest -m gpu: compiled correctness (2-D steps, nnU-Net 3-D steps as timed), torch.compile of UNet, offsets past 2**31, a training step"
+    "steps    210 27 step rows: 3 steps x bf16 channels_last x 3 modes x fused/eager/compiled (compile mode default), + 3x3 fp32 forward rows, + 36 nnU-Net 3-D rows: 6 steps x bf16 channels_last_3d x 3 modes x fused/eager"
+    "model    40  UNet 512x512 b8 bf16 channels_last: inference + training step, fused vs eager"
+    "networks 60  nnU-Net 3d_fullres + MONAI BasicUNet 3D, 2x128^3 bf16 channels_last_3d: inference + training step, fused vs unfused"
 )
+WHEELS=${GPU_RUN_WHEELS:-$REPO/.interop-wheels}  # the carried wheels of MONAI and nnU-Net's library
 
 count_our_kernels() {  # compiled up_concat kernels in the cache
     find "$CACHE" -name 'up_concat_*.cubin' 2>/dev/null | wc -l
@@ -70,7 +76,8 @@ PY
 
 print_plan() {
     echo "the GPU run's parts (budget ${BUDGET_S} s of run time on a warm GPU; estimates from the row"
-    echo "counts: ~1 s per benchmark row, ~15 s per torch.compile, ~3 s per test):"
+    echo "counts, not measured: ~1 s per benchmark row, ~10 s per torch.compile, ~3 s per test,"
+    echo "~5 s per whole-network row):"
     local total=0 p name est what
     for p in "${PARTS[@]}"; do
         read -r name est what <<<"$p"
@@ -89,7 +96,7 @@ dry_run() {
     print_plan
     # The Triton cache for the GPU machines: record the launches with Triton $GPU_TRITON and torch,
     # by running the parts' own code here, then compile them with Python $GPU_PYTHON and Triton
-    # $GPU_TRITON alone.
+    # $GPU_TRITON alone; then count what a cache built from the plan misses.
     local rec=.venv-triton36 cc=.venv-gpu-cache py CACHE=$REPO/.triton-cache
     py=""
     for candidate in "python$GPU_PYTHON" "$HOME"/.pyenv/versions/"$GPU_PYTHON".*/bin/python; do
@@ -97,16 +104,17 @@ dry_run() {
         if "$candidate" -c "" >/dev/null 2>&1; then py=$candidate; break; fi
     done
     if [ -z "$py" ]; then echo "gpu_run.sh: no python$GPU_PYTHON here to build the GPU's cache with" >&2; return 2; fi
-    if [ ! -x "$rec/bin/python" ]; then bash benchmarks/triton_venv.sh 3.6.0 || return 2; fi
+    if [ ! -x "$rec/bin/python" ]; then bash benchmarks/triton_venv.sh "$GPU_TRITON" || return 2; fi
+    [ -d "$WHEELS" ] || bash benchmarks/interop_wheels.sh "$WHEELS" >/dev/null || return 2
+    install_wheels "$rec/bin/python" || return 2
     if [ ! -x "$cc/bin/python" ]; then
         "$py" -m venv "$cc" && "$cc/bin/pip" install -q "triton==$GPU_TRITON" || return 2
     fi
-    local plan=.triton-cache.plan.json
+    local plan=.triton-cache.plan.json parts=${GPU_PLAN_PARTS:-env,tests,steps,model,networks}
     # GPU_PLAN_PARTS: the parts to record (default all); each part's launches are written as it
-    # ends, so a part that cannot finish here (the model parts need many GB at the GPU's sizes)
-    # leaves the plan of the parts before it, and the build goes on with a warning.
-    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan record "$plan" --arch sm_90 \
-        --parts "${GPU_PLAN_PARTS:-env,tests,steps,model,compiled}"
+    # ends, so a part that cannot finish here leaves the plan of the parts before it, and the
+    # build goes on with a warning.
+    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan record "$plan" --arch sm_90 --parts "$parts"
     local recorded=$?
     [ -s "$plan" ] || return 2
     [ "$recorded" -eq 0 ] || echo "gpu_run.sh --dry-run: the recording stopped (exit $recorded); the plan holds the parts that ended: $("$rec/bin/python" -c 'import json, sys; print(", ".join(json.load(open(sys.argv[1]))["parts"]))' "$plan")" >&2
@@ -120,13 +128,13 @@ import json, sys
 plan = json.load(open(sys.argv[1]))
 specs = plan["specializations"]
 print(f"plan: {len(specs)} kernel specializations for sm_{plan['capability']}, recorded from the parts (Triton {plan['triton']}):")
-for part in ("env", "tests", "steps", "model", "compiled"):
+for part in ("env", "tests", "steps", "model", "networks"):
     if part in plan["parts"]:
         print(f"  {part:9s} {sum(part in s['parts'] for s in specs):4d} kernels  (recording exit {plan['status'][part]})")
     else:
         print(f"  {part:9s}    - not recorded here: what it launches beyond the parts above compiles on the GPU")
 PY
-    echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\"])"
+    echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\", \".interop-wheels\"])"
     echo "the cache's identity (the env part on the GPU prints the same lines for its Triton):"
     TRITON_PTXAS_PATH="" "$cc/bin/python" - <<'PY'
 import json
@@ -134,7 +142,30 @@ from importlib.machinery import SourceFileLoader
 b = SourceFileLoader("build_triton_cache", "benchmarks/build_triton_cache.py").load_module()
 b.print_identity(json.load(open(".triton-cache/" + b.IDENTITY_FILE)), "cache built by")
 PY
+    # The parts again, each launch compiled for sm_90 against a cache built from the same plan:
+    # every kernel compiled then is one the GPU would compile in its window. That cache is built
+    # with the recording venv's Python: Triton's key hashes its compiled library, which differs
+    # from one Python version to the next, so the GPU's own cache (Python $GPU_PYTHON) would miss
+    # everything there; the env part on the GPU checks that key against the GPU's Triton.
+    local check missed
+    check=$(mktemp -d)
+    env -u TRITON_INTERPRET "$rec/bin/python" benchmarks/build_triton_cache.py "$plan" "$check/cache" >/dev/null
+    env -u TRITON_INTERPRET "$rec/bin/python" -m unet_fast.gpu.plan check-cache "$check/cache" --arch sm_90 \
+        --parts "$parts" 2>&1 | grep -E "^check-cache:"
+    missed=${PIPESTATUS[0]}
+    rm -rf "$check"
     [ "$built" -eq 0 ] || { echo "gpu_run.sh --dry-run: some planned kernels did not compile (above)" >&2; return 1; }
+    [ "$missed" -eq 0 ] || { echo "gpu_run.sh --dry-run: the built cache misses launches of the parts (above)" >&2; return 1; }
+}
+
+install_wheels() {  # install_wheels PYTHON: MONAI and nnU-Net's library from the carried wheels
+    "$1" -c "import monai, dynamic_network_architectures" >/dev/null 2>&1 && return 0
+    local log
+    log=$(mktemp)
+    "$1" -m pip install --quiet --no-deps --no-index --find-links "$WHEELS" \
+        monai einops dynamic-network-architectures >"$log" 2>&1 || tail -n 3 "$log"
+    rm -f "$log"
+    "$1" -c "import monai, dynamic_network_architectures"  # its error, if any, is the part's last words
 }
 
 if [ "${1:-}" = "--dry-run" ]; then dry_run; exit $?; fi
@@ -243,20 +274,30 @@ env_part() {
     return $rc
 }
 
-bench() {  # bench NAME [unet-fast bench options]: JSON straight into $OUT
-    local name=$1
-    shift
-    python3 -m unet_fast bench --device cuda --no-progress --json "$OUT/$name.json" "$@"
+bench() {  # bench NAME COMMAND [its options]: a unet-fast benchmark command, JSON straight into $OUT
+    local name=$1 command=$2 quiet=()
+    shift 2
+    [ "$command" = bench ] && quiet=(--no-progress)
+    python3 -m unet_fast "$command" --device cuda "${quiet[@]}" --json "$OUT/$name.json" "$@"
 }
 
-bench_part() {  # bench_part PART: the part's bench calls, listed once in unet_fast/gpu/plan.py
+bench_part() {  # bench_part PART: the part's benchmark commands, listed once in unet_fast/gpu/plan.py
     need_cuda || return 1
-    local rc=0 name args
-    while read -r name args; do
+    local rc=0 name command args
+    while read -r name command args; do
         # shellcheck disable=SC2086  # the arguments are plain words
-        bench "$name" $args || rc=1
+        bench "$name" "$command" $args || rc=1
     done < <(python3 -m unet_fast.gpu.plan bench-calls "$1")
     return $rc
+}
+
+networks_part() {
+    need_cuda || return 1
+    if ! install_wheels python3; then
+        echo "networks: MONAI / nnU-Net's library could not be installed from $WHEELS (carry .interop-wheels, made by --dry-run)"
+        return 1
+    fi
+    bench_part networks
 }
 
 tests_part() {
@@ -267,8 +308,8 @@ tests_part() {
 }
 
 export OUT
-export -f env_part bench bench_part tests_part need_cuda count_our_kernels planned_for
-export REPO
+export -f env_part bench bench_part tests_part networks_part install_wheels need_cuda count_our_kernels planned_for
+export REPO WHEELS
 part env env_part
 part tests tests_part
 if [ -s "$STATE/cache" ] || [ "$CARRIED" -eq 0 ]; then
@@ -278,7 +319,7 @@ if [ -s "$STATE/cache" ] || [ "$CARRIED" -eq 0 ]; then
 fi
 part steps bench_part steps
 part model bench_part model
-part compiled bench_part compiled
+part networks networks_part
 rm -rf "$STATE"
 say "gpu_run.sh: done at $(( $(date +%s) - START )) s; files in $OUT; $( [ ${#FAILED[@]} -eq 0 ] && echo "every part that ran passed" || echo "FAILED: ${FAILED[*]}")"
 [ ${#FAILED[@]} -eq 0 ]

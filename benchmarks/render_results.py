@@ -246,7 +246,8 @@ def networks_section(doc) -> list:
             peak = [f"{r['peak_memory']['step_peak_mib']:.0f}" if r.get("peak_memory") else "n/a"
                     for r in (unfused, fused)]
             size = "x".join(map(str, fused["size"]))
-            md.append(f"| {net} | {fused['batch']}x{size} {fused['dtype']} | {mode} | {unfused['median_ms']:.0f} | "
+            layout = fused.get("layout", "contiguous")  # files before the layout option: contiguous
+            md.append(f"| {net} | {fused['batch']}x{size} {fused['dtype']} {layout} | {mode} | {unfused['median_ms']:.0f} | "
                       f"{fused['median_ms']:.0f} | {unfused['median_ms'] / fused['median_ms']:.2f}x | {peak[0]} | "
                       f"{peak[1]} | {fused['fused_steps']} of {fused['decoder_steps']} |")
     return md
@@ -299,8 +300,9 @@ def render(docs) -> str:
         target = cpu_target(doc)
         if target:
             md += [target, ""]
-    md += ["## Whole networks on the CPU: MONAI and nnU-Net, fused by `unet_fast.fuse` against unfused", ""]
-    for doc in networks:
+    md += ["## Whole networks: MONAI and nnU-Net, fused by `unet_fast.fuse` against unfused", ""]
+    # GPU runs first, as for the op's rows.
+    for doc in sorted(networks, key=lambda d: d["meta"]["device"] != "cuda"):
         md += networks_section(doc) + [""]
     if not networks:
         md += ["No whole-network run recorded.", ""]

@@ -67,9 +67,11 @@ def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtyp
 
 
 def spy_on_triton_launches(monkeypatch, kernel_module, torch_path_function: str) -> list:
-    """Make the PyTorch path's `torch_path_function` fail if called, and wrap every Triton kernel
-    of `kernel_module` (plain and autotuned) so each launch appends the kernel's name (without
-    `_autotuned`) to the returned list before running it."""
+    """Make the PyTorch path's `torch_path_function` fail if called, and count every launch of a
+    Triton kernel of `kernel_module` (plain and autotuned): the returned list gets the kernel's
+    name (without `_autotuned`) as the launcher hands it to the GPU (or to a recorder: the GPU
+    run's plan records these tests' launches)."""
+    from unet_fast.kernels import up_concat_launch
     from unet_fast.ops import torch_path
 
     def fail(*args, **kwargs):
@@ -77,19 +79,16 @@ def spy_on_triton_launches(monkeypatch, kernel_module, torch_path_function: str)
 
     monkeypatch.setattr(torch_path, torch_path_function, fail)
     launches = []
+    names = {id(getattr(kernel_module, name)): name.replace("_autotuned", "") for name in dir(kernel_module)
+             if name.endswith(("_kernel", "_kernel_autotuned"))}
+    original = up_concat_launch.launch
 
-    class Spy:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
+    def launch(kernel, grid, *args, **kwargs):
+        if id(kernel) in names:
+            launches.append(names[id(kernel)])
+        return original(kernel, grid, *args, **kwargs)
 
-        def __getitem__(self, grid):
-            launches.append(self.name)
-            return self.kernel[grid]
-
-    for name in dir(kernel_module):
-        if name.endswith("_kernel") or name.endswith("_kernel_autotuned"):
-            kernel = getattr(kernel_module, name)
-            monkeypatch.setattr(kernel_module, name, Spy(name.replace("_autotuned", ""), kernel))
+    monkeypatch.setattr(up_concat_launch, "launch", launch)
     return launches
 
 
@@ -144,15 +143,17 @@ def layout_inputs(layout, dtype):
     return make_inputs(n, cin, cout, cs, h, w, dtype, memory_format=fmt)
 
 
-def grads_against_reference(args, relu, dtype, what="", skip_first=False):
-    """Run the op and the float64 reference backward with one random grad_output; compare all.
+def grads_against_reference(args, relu, dtype, what="", skip_first=False, grad_format=torch.contiguous_format):
+    """Run the op and the float64 reference backward with one random grad_output (laid out in
+    `grad_format`: contiguous as torch.randn(out.shape) makes it, channels_last as a loss on a
+    channels_last output hands it back); compare all.
 
     Returns (conv, skip): how many outputs of the convolution channels and of the skip channels
     the ReLU clipped while their grad_output was kept, i.e. where the comparison checks that the
     op's ReLU mask zeroes the gradient as the reference's does."""
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in args]
     ref_out = reference_out(*ref_leaves, relu, skip_first)
-    grad_out = randn(*ref_out.shape, dtype=dtype)
+    grad_out = randn(*ref_out.shape, dtype=dtype, memory_format=grad_format)
     clipped = (0, 0)
     if relu:
         # A value within rounding of 0 may land on either side of the ReLU in the op and in the

@@ -1,19 +1,19 @@
 """The compiled-correctness checks of benchmarks/gpu_run.sh (`pytest -m gpu`).
 
 On a GPU: the default UNet's three decoder steps at batch 2 in every dtype and layout, two odd
-shapes, an empty batch and UNet against ReferenceUNet, forward and backward against the float64
-reference, compiled by Triton for that GPU (torch.compile of UNet is
-tests/test_registration.py's gpu-marked test). On the CPU the same tests run the kernels under
-Triton's interpreter at small sizes (a few channels, a few pixels), so a CPU run proves the tests
-themselves before a rare GPU session spends minutes on them.
+shapes, nnU-Net's 3-D steps as the run times them, an empty batch and UNet against
+ReferenceUNet, forward and backward against the float64 reference, compiled by Triton for that
+GPU (torch.compile of UNet is tests/test_registration.py's gpu-marked test). On the CPU the same
+tests run the kernels under Triton's interpreter at small sizes (a few channels, a few pixels),
+so a CPU run proves the tests themselves before a rare GPU session spends minutes on them.
 """
 import pytest
 import torch
 
 from unet_fast import ReferenceUNet, UNet, up_concat
 from unet_fast import names
-from unet_fast.cases import ODD_STEPS, decoder_cases
-from helpers import DEVICE, assert_close_to_reference, grads_against_reference, randn, select_path
+from unet_fast.cases import ODD_STEPS, StepCase, decoder_cases, nnunet_3d_cases
+from helpers import DEVICE, assert_close_to_reference, grads_against_reference, make_step, randn, select_path
 
 pytestmark = pytest.mark.gpu
 ON_GPU = DEVICE.type == "cuda"
@@ -46,6 +46,29 @@ def test_default_steps_forward_and_backward(monkeypatch, case, dtype, layout):
 def test_odd_shapes_forward_and_backward(monkeypatch, case, dtype, layout):
     select_path(monkeypatch, "triton")
     grads_against_reference(step_args(case, DTYPES[dtype], FORMATS[layout]), True, DTYPES[dtype])
+
+
+# nnU-Net's 3-D steps as the GPU run times them (its steps-3d rows and its networks part): bf16,
+# channels_last_3d activations, weight and incoming gradient (model.to(memory_format=...) lays the
+# weight out so, and a loss on a channels_last_3d output hands its gradient back so), no ReLU,
+# with and without bias, the upsampled channels first (nnU-Net) or the skip's (MONAI's BasicUNet).
+# On a GPU nnU-Net's channel counts at batch 1 on a 32^3 patch; on the CPU a few channels.
+STEPS_3D = (nnunet_3d_cases(batch=1, patch=32) if ON_GPU else
+            [StepCase(c.name, 1, 4, 3, 2, tuple(max(1, s // 8) for s in c.spatial), c.kernel, relu=False)
+             for c in nnunet_3d_cases(batch=1, patch=32)[-2:]])
+
+
+@pytest.mark.parametrize("skip_first", [False, True], ids=["up_first", "skip_first"])
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", STEPS_3D, ids=lambda c: c.name)
+def test_3d_steps_as_the_gpu_run_times_them(monkeypatch, case, has_bias, skip_first):
+    select_path(monkeypatch, "triton")
+    fmt = torch.channels_last_3d
+    x, skip, weight, bias = make_step(case.n, case.cin, case.cout, case.cs, case.spatial, case.kernel,
+                                      torch.bfloat16, fmt, bias=has_bias)
+    weight = (weight * (case.cout * 8) ** -0.5).contiguous(memory_format=fmt)
+    grads_against_reference((x, skip, weight, bias), False, torch.bfloat16, f" ({case.name} bf16 channels_last_3d)",
+                            skip_first=skip_first, grad_format=fmt)
 
 
 def test_empty_batch(monkeypatch):

@@ -55,7 +55,7 @@ def test_parts_that_cannot_finish_in_the_budget_are_not_started(tmp_path, fake_g
     proc = _run_script(tmp_path, fake_gpu_path, budget=1, cache=str(REPO))  # any folder: not "missing"
     assert proc.returncode == 0, proc.stderr  # no part ran, so none failed
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [p["part"] for p in summary["parts"]] == ["env", "tests", "steps", "model", "compiled"]
+    assert [p["part"] for p in summary["parts"]] == ["env", "tests", "steps", "model", "networks"]
     assert {p["status"] for p in summary["parts"]} <= {"skipped", "not run"}
     assert [p["status"] for p in summary["parts"]][:2] == ["skipped", "skipped"]
     assert "skipped" in (tmp_path / "gpu_run.log").read_text()
@@ -76,7 +76,7 @@ def test_the_env_part_prints_the_cache_identity_and_stops_at_no_cuda(tmp_path, f
                  "TRITON_* variables", "holds no unet_fast_identity.json", "no CUDA"):
         assert line in log, line
     assert "the carried Triton cache is missing" in log  # the run stops after env and tests
-    assert {parts[p]["status"] for p in ("steps", "model", "compiled")} == {"not run"}
+    assert {parts[p]["status"] for p in ("steps", "model", "networks")} == {"not run"}
     assert proc.returncode == 1
 
 
@@ -99,13 +99,33 @@ def test_a_failed_install_stops_the_run_with_a_non_zero_status(tmp_path, fake_gp
     assert summary["stopped"] == "install failed" and summary["parts"] == []
 
 
-def test_the_bench_calls_are_listed_once_for_the_run_and_the_plan():
-    proc = subprocess.run([sys.executable, "-m", "unet_fast.gpu.plan", "bench-calls", "steps"], cwd=REPO,
+def _bench_calls(part):
+    proc = subprocess.run([sys.executable, "-m", "unet_fast.gpu.plan", "bench-calls", part], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["steps", "steps-fp32", "steps-3d"]
-    assert "--provider fused,eager,compiled" in proc.stdout
+    return [line.split(maxsplit=2) for line in proc.stdout.splitlines()]
+
+
+def test_the_bench_calls_are_listed_once_for_the_run_and_the_plan():
+    steps = _bench_calls("steps")
+    assert [(name, command) for name, command, _ in steps] == [("steps", "bench"), ("steps-fp32", "bench"),
+                                                               ("steps-3d", "bench")]
+    assert "--provider fused,eager,compiled" in steps[0][2]
+    (name, command, arguments), = _bench_calls("networks")
+    assert (name, command) == ("networks", "networks")
+    assert "--size 128 --batch 2" in arguments and "--dtype bf16 --layout channels_last" in arguments
+
+
+def test_the_networks_part_installs_the_pinned_wheels_ci_tests():
+    """benchmarks/interop_wheels.sh (the wheels the GPU run carries) pins what setup.py's interop
+    extra and .ci/run install, and the networks part installs from the carried folder alone."""
+    wheels = open(os.path.join(REPO, "benchmarks", "interop_wheels.sh")).read()
+    setup = open(os.path.join(REPO, "setup.py")).read()
+    ci = open(os.path.join(REPO, ".ci", "run")).read()
+    assert '"monai==1.6.1"' in setup and "monai==1.6.1" in wheels
+    assert "dynamic-network-architectures==0.4.4" in ci and "dynamic-network-architectures==0.4.4" in wheels
+    script = open(os.path.join(REPO, "benchmarks", "gpu_run.sh")).read()
+    assert '--no-deps --no-index --find-links "$WHEELS"' in script
 
 
 PLAN_SCRIPT = """

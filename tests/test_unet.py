@@ -116,6 +116,16 @@ def test_autocast_still_takes_float32_and_16_bit_inputs(monkeypatch, model_class
         model(image.double())
 
 
+@pytest.mark.parametrize("model_class", [UNet, ReferenceUNet])
+def test_a_model_on_the_meta_device_gives_its_output_s_shape(model_class):
+    """The meta device (shapes without data: memory planning, deferred initialization) has no
+    autocast, and asking torch whether it is on raises there: the model does not ask it."""
+    model = model_class(3, 2, base_channels=BASE).to(device="meta", dtype=torch.bfloat16)
+    model.to(memory_format=torch.channels_last)
+    out = model(torch.empty(2, 3, 37, 50, device="meta", dtype=torch.bfloat16))
+    assert out.is_meta and out.shape == (2, 2, 37, 50) and out.dtype == torch.bfloat16
+
+
 def _trace(model, example):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about the shape checks: expected

@@ -17,6 +17,7 @@ from unet_fast.errors import InputError
 SUBCOMMANDS = {
     "check": "unet_fast.check",
     "bench": "unet_fast.bench.cli",
+    "networks": "unet_fast.bench.networks",
     "kernels": "unet_fast.gpu.kernel_report",
     "train": "unet_fast.workflow.train",
     "predict": "unet_fast.workflow.predict",

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from unet_fast.models.input_checks import autocast_enabled
 from unet_fast.models.module_hooks import calls_module
 from unet_fast.ops import up_concat_op
 from unet_fast.ops.validation import SUPPORTED_DTYPES
@@ -43,7 +44,7 @@ def _operands(conv, x: Tensor, skip: Tensor):
     """(x, weight, bias) in the dtype the library's convolution would compute in, or None."""
     weight, bias = conv.weight, conv.bias
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if autocast_enabled(device):
         if device not in ("cpu", "cuda"):
             return None
         # Autocast runs conv_transpose in its dtype, casting every floating operand but float64

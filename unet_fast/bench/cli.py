@@ -179,10 +179,8 @@ def _run(args) -> int:
     _check_up_front(args)
     try:
         device = environment.pick_device(args.device)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise InputError(f"--device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but torch sees no GPU")
     args = resolve(args, device)
     chosen = build_cases(args)
     dtypes = _choices(args.dtype, C.BENCH_DTYPES, "--dtype", names.dtype_name)

@@ -8,10 +8,20 @@ import subprocess
 import torch
 
 
+# The devices a benchmark measures. The GPU run's plan (unet_fast/gpu/plan.py) adds "meta" while
+# it records the benchmarks' launches at the GPU's sizes without their memory; nobody times it.
+BENCH_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def pick_device(requested=None) -> torch.device:
-    """The GPU when there is one, else the CPU (or what --device asks for)."""
+    """The GPU when there is one, else the CPU (or what --device asks for). ValueError for a
+    device no benchmark measures, or a GPU torch does not see."""
     device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+    if device.type not in BENCH_DEVICE_TYPES:
+        raise ValueError(f"expected {' or '.join(BENCH_DEVICE_TYPES)} (cuda:N for one GPU), got {requested!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{requested} asked for, but torch sees no GPU")
+    if device.type == "cuda" and device.index is None:
         # An explicit index: torch.cuda.set_device and friends reject a bare "cuda".
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -80,5 +80,6 @@ def reference_model_fp64(case, state_dict, device):
     """ReferenceUNet in float64 holding `state_dict` (a provider's weights, already rounded to its
     dtype): the accuracy oracle, so a row's error is the computation's, not the weights' rounding."""
     ref = reference.ReferenceUNet(case.in_channels, case.out_channels, case.base_channels)
-    ref.load_state_dict(state_dict)
-    return ref.to(device=device, dtype=torch.float64).eval()
+    ref = ref.to(device=device, dtype=torch.float64)
+    ref.load_state_dict(state_dict)  # copied into the float64 parameters, on the device
+    return ref.eval()

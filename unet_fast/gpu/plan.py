@@ -1,19 +1,23 @@
 """The parts of benchmarks/gpu_run.sh, and the Triton cache plan recorded from them.
 
-    python -m unet_fast.gpu.plan record PLAN.json [--arch sm_90] [--parts env,tests,steps,model,compiled]
-    python -m unet_fast.gpu.plan bench-calls PART     # the bench calls gpu_run.sh makes in PART
+    python -m unet_fast.gpu.plan record PLAN.json [--arch sm_90] [--parts env,tests,steps,model,networks]
+    python -m unet_fast.gpu.plan bench-calls PART     # the commands gpu_run.sh runs in PART
+    python -m unet_fast.gpu.plan check-cache CACHE [--parts ...]  # launches a copy of a cache misses
 
 `record` runs each part's own code on this CPU in record mode (unet_fast/gpu/record.py): the env
 part's `unet-fast check` (TF32 on, float64 too), the tests part's `pytest -m gpu` (at the GPU's
-sizes: the tests see a device whose type is "cuda"), and the bench calls of the steps, model and
-compiled parts (the providers that run the fused op). Every Triton launch they make is recorded,
-not run, as Triton's serialized specialization for sm_90 (dtypes, which strides are 1, which
-integers divide by 16: channels_last model weights, a contiguous incoming gradient for a
-channels_last output, whatever the code really passes), with the parts that launched it.
-benchmarks/build_triton_cache.py then compiles them under the GPU machines' Python and Triton.
+sizes: the tests see a device whose type is "cuda"), and the benchmark commands of the steps,
+model and networks parts on the meta device (at the GPU's sizes, with no memory and no
+arithmetic: only the fused op's launches happen). Every Triton launch they make is recorded, not
+run, as Triton's serialized specialization for sm_90 (dtypes, which strides are 1, which integers
+divide by 16: channels_last model weights, a contiguous incoming gradient for a channels_last
+output, whatever the code really passes), with the parts that launched it.
+benchmarks/build_triton_cache.py then compiles them under the GPU machines' Python and Triton;
+`check-cache` runs the parts again, compiling each launch for sm_90 against a (relocated) copy of
+the cache, and counts the kernels it had to compile: those the GPU would compile in its window.
 
-The bench calls are listed once, here (BENCH_CALLS): gpu_run.sh runs them on the GPU and `record`
-runs them here, so the plan cannot drift from what the run launches.
+The benchmark commands are listed once, here (BENCH_CALLS): gpu_run.sh runs them on the GPU and
+`record` runs them here, so the plan cannot drift from what the run launches.
 """
 import argparse
 import contextlib
@@ -22,38 +26,42 @@ import os
 import sys
 import time
 
-PART_NAMES = ("env", "tests", "steps", "model", "compiled")
+PART_NAMES = ("env", "tests", "steps", "model", "networks")
 
-# part -> ((name of the JSON file in $OUT, `unet-fast bench` arguments), ...): what gpu_run.sh runs.
+# part -> ((name of the JSON file in $OUT, unet-fast command, its arguments), ...): what gpu_run.sh
+# runs, on the GPU, with --device cuda --json $OUT/NAME.json added.
 BENCH_CALLS = {
     "steps": (
-        ("steps", "--case up3,up2,up1 --dtype bfloat16 --layout channels_last --mode forward,backward,full "
-                  "--provider fused,eager,compiled --compile-mode default"),
-        ("steps-fp32", "--case up3,up2,up1 --dtype float32 --layout contiguous --mode forward "
-                       "--provider fused,eager,compiled --compile-mode default"),
+        ("steps", "bench", "--case up3,up2,up1 --dtype bfloat16 --layout channels_last --mode forward,backward,full "
+                           "--provider fused,eager,compiled --compile-mode default"),
+        ("steps-fp32", "bench", "--case up3,up2,up1 --dtype float32 --layout contiguous --mode forward "
+                                "--provider fused,eager,compiled --compile-mode default"),
         # nnU-Net's 3d_fullres decoder steps (batch 2, 128^3 patch) and its anisotropic step: fused
         # against eager (ConvTranspose3d + cat); the compiled provider would cost minutes of
         # Inductor compiles for 18 more rows.
-        ("steps-3d", "--case 3d5,3d4,3d3,3d2,3d1,3da --dtype bfloat16 --layout channels_last "
-                     "--mode forward,backward,full --provider fused,eager"),
+        ("steps-3d", "bench", "--case 3d5,3d4,3d3,3d2,3d1,3da --dtype bfloat16 --layout channels_last "
+                              "--mode forward,backward,full --provider fused,eager"),
     ),
-    "model": (("model", "--case unet --dtype bfloat16 --layout channels_last --provider fused,eager"),),
-    "compiled": (("model-compiled", "--case unet --dtype bfloat16 --layout channels_last "
-                                    "--provider compiled,fused-compiled --compile-mode default"),),
+    "model": (("model", "bench", "--case unet --dtype bfloat16 --layout channels_last --provider fused,eager"),),
+    # nnU-Net's 3d_fullres PlainConvUNet and MONAI's BasicUNet 3D, fused by unet_fast.fuse against
+    # themselves: batch 2 of 128^3 patches, bf16, channels_last_3d, inference and a training step.
+    "networks": (("networks", "networks", "--dtype bf16 --layout channels_last --size 128 --batch 2"),),
 }
 
 # Recording a bench call here: one call per row, only the providers that run the fused op, at the
 # GPU's sizes (the bench's GPU defaults: batch 8 decoder steps from 512x512 images, nnU-Net's
-# 3-D steps at batch 2 on a 128^3 patch, the UNet at batch 8 on 512x512). Smaller sizes do not
-# record the same kernels: the autotuner's pruning, the weight gradient's split count and
-# constexprs derived from the sizes all follow them
-# (tests/test_gpu_plan_coverage.py keeps these equal to the bench's GPU defaults). The fused op's
-# results are not computed while the bench parts record (nothing there checks them), which
-# leaves the network's other layers as the cost: minutes on a 2-core CPU, once per dry run.
+# 3-D steps at batch 2 on a 128^3 patch, the UNet at batch 8 on 512x512), on the meta device.
+# Smaller sizes do not record the same kernels: the autotuner's pruning, the weight gradient's
+# split count and constexprs derived from the sizes all follow them
+# (tests/test_gpu_plan_coverage.py keeps these equal to the bench's GPU defaults, and checks that
+# a meta tensor launches what a CPU tensor of its shape and strides does).
 GPU_SIZES = dict(batch=8, image_size=512, batch_3d=2, patch_size=128, model_batch=8, model_size=512)
 RECORD_SIZES = GPU_SIZES
-RECORD_BENCH_OPTIONS = ("--device cpu --no-progress --sets 1 --warmup 0 --repeats 1 --compile "
-                        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in RECORD_SIZES.items()))
+RECORD_OPTIONS = {
+    "bench": ("--device meta --no-progress --sets 1 --warmup 0 --repeats 1 --compile "
+              + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in RECORD_SIZES.items())),
+    "networks": "--device meta --warmup 0 --repeats 1",
+}
 
 
 def _fused_only(arguments: str) -> list:
@@ -93,48 +101,56 @@ def record_tests(options) -> int:
     return int(pytest.main(args, plugins=[_TestsAtGpuSizes()]))
 
 
+def _recorded_words(command: str, arguments: str) -> list:
+    """The words `record` runs for one of BENCH_CALLS: the bench's fused providers only (the
+    others launch nothing of ours); a networks run as it is (its unfused twin is free on meta)."""
+    words = _fused_only(arguments) if command == "bench" else arguments.split()
+    return [command, *words, *RECORD_OPTIONS[command].split()] if words else []
+
+
 def record_bench(part: str):
     def run(_options) -> int:
         from unet_fast.cli import main
         rc = 0
-        for _name, arguments in BENCH_CALLS[part]:
-            words = _fused_only(arguments)
+        for _name, command, arguments in BENCH_CALLS[part]:
+            words = _recorded_words(command, arguments)
             if words:
-                rc |= main(["bench", *words, *RECORD_BENCH_OPTIONS.split()])
+                rc |= main(words)
         return rc
     return run
 
 
 RECORDERS = {"env": record_env, "tests": record_tests, "steps": record_bench("steps"),
-             "model": record_bench("model"), "compiled": record_bench("compiled")}
+             "model": record_bench("model"), "networks": record_bench("networks")}
 # Parts whose code checks the op's results (so record mode computes them with PyTorch).
 CHECKED_PARTS = ("env", "tests")
 
 
 @contextlib.contextmanager
-def _bench_runs_the_op():
-    """The bench sends the CPU's fused rows to the PyTorch path (runner.cpu_fast_path); the GPU
-    sends them to the kernels, which is what is recorded."""
-    from unet_fast.bench import runner
-    saved = runner.cpu_fast_path
-    runner.cpu_fast_path = lambda device: contextlib.nullcontext()
+def _benchmarks_take_meta():
+    """The benchmarks accept --device meta while the plan records (environment.BENCH_DEVICE_TYPES)."""
+    from unet_fast.bench import environment
+    saved = environment.BENCH_DEVICE_TYPES
+    environment.BENCH_DEVICE_TYPES = (*saved, "meta")
     try:
         yield
     finally:
-        runner.cpu_fast_path = saved
+        environment.BENCH_DEVICE_TYPES = saved
 
 
-def record(capability: int, parts=PART_NAMES, options=None, log=sys.stderr, after_part=None):
+def record(capability: int, parts=PART_NAMES, options=None, log=sys.stderr, after_part=None, compile=False):
     """A Recorder holding every specialization the parts launch, and {part: exit status}.
     after_part(recorder, status) is called as each part ends (the plan is written part by part,
-    so a part that kills the process, out of memory say, leaves the parts before it)."""
+    so a part that kills the process, out of memory say, leaves the parts before it).
+    compile=True compiles each launch (finding it in TRITON_CACHE_DIR when it is there)."""
     from unet_fast.gpu.record import Recorder, record_mode
     options = options or argparse.Namespace(pytest_args=())
     recorder, status = Recorder(), {}
     for part in parts:
         recorder.part = part
         start, before = time.perf_counter(), len(recorder.entries)
-        with record_mode(capability, recorder, compute=part in CHECKED_PARTS), _bench_runs_the_op():
+        with record_mode(capability, recorder, compute=part in CHECKED_PARTS, compile=compile), \
+                _benchmarks_take_meta():
             try:
                 status[part] = RECORDERS[part](options)
             except SystemExit as e:
@@ -146,6 +162,38 @@ def record(capability: int, parts=PART_NAMES, options=None, log=sys.stderr, afte
     return recorder, status
 
 
+def _cubins(folder) -> set:
+    return {os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".cubin")}
+
+
+def check_cache(cache: str, capability: int, parts, options, log=sys.stderr) -> dict:
+    """{part: kernels it had to compile}: the parts run with every launch compiled for
+    sm_<capability> against `cache` (TRITON_CACHE_DIR), where a launch the cache holds compiles
+    nothing. The cache keeps what was compiled: pass a copy (relocated, as gpu_run.sh does, by
+    benchmarks/build_triton_cache.py --relocate). Run under the Triton, and the Python, the cache
+    was built with (Triton's key hashes its compiled library), or every launch misses."""
+    missed = {}
+    saved = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = os.path.abspath(cache)
+    seen = _cubins(cache)
+
+    def count(_recorder, status):
+        nonlocal seen
+        part = list(status)[-1]
+        now = _cubins(cache)
+        missed[part] = len(now - seen)
+        seen = now
+        print(f"check-cache: {part}: {missed[part]} kernels compiled (missing from the cache)", file=log)
+    try:
+        record(capability, parts, options, log=log, after_part=count, compile=True)
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = saved
+    return missed
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unet_fast.gpu.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,12 +203,17 @@ def main(argv=None) -> int:
     r.add_argument("--arch", default="sm_90")
     r.add_argument("--parts", default=",".join(PART_NAMES))
     r.add_argument("--pytest-args", default="", help="extra pytest arguments for the tests part")
-    b = sub.add_parser("bench-calls", help="print a part's bench calls: NAME ARGUMENTS..., one a line")
+    c = sub.add_parser("check-cache", help="count the parts' launches that would miss a built cache")
+    c.add_argument("cache", help="the Triton cache folder (benchmarks/build_triton_cache.py's output)")
+    c.add_argument("--arch", default="sm_90")
+    c.add_argument("--parts", default=",".join(PART_NAMES))
+    c.add_argument("--pytest-args", default="", help="extra pytest arguments for the tests part")
+    b = sub.add_parser("bench-calls", help="print a part's commands: NAME COMMAND ARGUMENTS..., one a line")
     b.add_argument("part", choices=sorted(BENCH_CALLS))
     args = parser.parse_args(argv)
     if args.command == "bench-calls":
-        for name, arguments in BENCH_CALLS[args.part]:
-            print(name, arguments)
+        for name, command, arguments in BENCH_CALLS[args.part]:
+            print(name, command, arguments)
         return 0
     os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are decorated (conftest keeps it)
     import triton
@@ -171,6 +224,11 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PART_NAMES)}")
     options = argparse.Namespace(pytest_args=args.pytest_args.split())
+    if args.command == "check-cache":
+        missed = check_cache(args.cache, capability, parts, options)
+        print(f"check-cache: {sum(missed.values())} launches of {', '.join(parts)} missed {args.cache} "
+              f"({', '.join(f'{p} {n}' for p, n in missed.items())})", file=sys.stderr)
+        return 1 if any(missed.values()) else 0
 
     def write(recorder, status):
         with open(args.plan + ".part", "w") as f:

@@ -12,7 +12,14 @@ Inside `record_mode(capability)`:
   wrapped: the same buffers, written with the reference math), so the part's own code (its
   asserts, its gradients) runs to the end on CPU tensors unchanged;
 - the weight-gradient split count is the H200's (132 SMs), as on the GPU: it is an integer
-  argument of a kernel, so its divisibility by 16 selects a compiled kernel too.
+  argument of a kernel, so its divisibility by 16 selects a compiled kernel too;
+- meta tensors (shapes and strides, no storage) launch too: the op's Meta kernel, which is its
+  fake implementation, is overridden for the block by one that calls the launchers (a row's error
+  against the reference reads NaN there: reference.relative_error). So a part whose other layers
+  would need tens of GB at the GPU's sizes (a UNet at batch 8 on 512x512, nnU-Net at 128^3) runs
+  on the meta device in seconds and launches exactly what it would on CPU tensors of those shapes
+  (Triton specializes on dtypes, integer values and pointer alignment; a meta tensor's data_ptr is
+  0 plus its offset, aligned as a fresh allocation is).
 
 Nothing here names a kernel or an argument: what is recorded is what the launchers pass.
 """
@@ -25,7 +32,9 @@ from types import SimpleNamespace
 import torch
 
 from unet_fast import reference
-from unet_fast.ops import torch_path
+# Bound now: a test that spies on the op (making its PyTorch path fail, to prove the kernels ran)
+# must not catch record mode filling in the launchers' results with it.
+from unet_fast.ops.torch_path import backward as torch_path_backward
 
 # Streaming multiprocessors of the GPU the plan is recorded for (H200 / H100 SXM: 132).
 GPU_SMS = 132
@@ -72,7 +81,7 @@ def backward_result(grad, out, x, weight, skip_first, has_bias):
     """(dx, dskip, dweight, dbias) from the op's PyTorch path at float32 (float64 for float64);
     `out` is the forward's result when it applied a ReLU, else None."""
     grad, out, x, weight = _upcast(x.dtype, grad, out, x, weight)
-    return torch_path.backward(grad, out, x, weight, has_bias, skip_first)
+    return torch_path_backward(grad, out, x, weight, has_bias, skip_first)
 
 
 def _wrap_forward(original):
@@ -84,7 +93,7 @@ def _wrap_forward(original):
         a = signature.bind(*args, **kwargs)
         a.apply_defaults()
         p = a.arguments
-        if _state.compute and result.numel():
+        if _state.compute and result.numel() and not result.is_meta:
             with torch.no_grad():
                 result.copy_(forward_result(p["x"], p["skip"], p["weight"], p["bias"], p["relu"],
                                             p.get("skip_first", False)))
@@ -102,7 +111,7 @@ def _wrap_backward(original):
         a = signature.bind(*args, **kwargs)
         a.apply_defaults()
         p = a.arguments
-        if _state.compute and p["x"].numel():
+        if _state.compute and p["x"].numel() and not p["x"].is_meta:
             with torch.no_grad():
                 values = backward_result(p["grad"], p["out"], p["x"], p["weight"], p.get("skip_first", False),
                                          p["has_bias"])
@@ -116,10 +125,12 @@ def _wrap_backward(original):
 
 def _gpu_splits(original):
     """weight_grad_splits as on the GPU: the device's SM count, not the CPU's stand-in."""
+    def as_gpu(value):
+        return torch.device("cuda") if isinstance(value, torch.device) and value.type in ("cpu", "meta") else value
+
     def weight_grad_splits(*args, **kwargs):
-        args = [torch.device("cuda") if isinstance(a, torch.device) and a.type == "cpu" else a for a in args]
-        kwargs = {k: torch.device("cuda") if isinstance(v, torch.device) and v.type == "cpu" else v
-                  for k, v in kwargs.items()}
+        args = [as_gpu(a) for a in args]
+        kwargs = {k: as_gpu(v) for k, v in kwargs.items()}
         saved = torch.cuda.get_device_properties
         torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=GPU_SMS)
         try:
@@ -160,7 +171,28 @@ def _disabled() -> bool:
 def _recording_uses_triton(t) -> bool:
     if _disabled():
         return False
-    return t.device.type in ("cpu", "cuda")
+    return t.device.type in ("cpu", "cuda", "meta")
+
+
+@contextlib.contextmanager
+def _meta_tensors_launch():
+    """The op's Meta kernels call the (recording) launchers for the block; Library._destroy
+    restores the fake implementations. Looked up at each call: the launchers are wrapped above."""
+    from unet_fast.kernels import up_concat_launch as L
+
+    def forward(x, skip, weight, bias, relu, skip_first):
+        return L.launch_forward(x, skip, weight, bias, relu=relu, skip_first=skip_first)
+
+    def backward(grad, out, x, weight, has_bias, skip_first):
+        return L.launch_backward(grad, out, x, weight, skip_first=skip_first, has_bias=has_bias)
+
+    library = torch.library.Library("unet_fast", "IMPL")
+    library.impl("up_concat", forward, "Meta")
+    library.impl("up_concat_backward", backward, "Meta")
+    try:
+        yield
+    finally:
+        library._destroy()
 
 
 @contextlib.contextmanager
@@ -203,7 +235,7 @@ def record_mode(capability: int, recorder: Recorder, compute: bool = True, compi
             if original is not None and not hasattr(original, "__wrapped__"):
                 _replace_everywhere(original, wrap(original), patches)
         _replace_everywhere(up_concat_op.uses_triton, _recording_uses_triton, patches)
-        with recording_launches_of(L, record_launch):
+        with recording_launches_of(L, record_launch), _meta_tensors_launch():
             yield recorder
     finally:
         for module, attr, value in reversed(patches):

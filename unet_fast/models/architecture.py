@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_fast.models.input_checks import check_image_batch, check_input_dtype
+from unet_fast.models.input_checks import autocast_enabled, check_image_batch, check_input_dtype
 
 # Three 2x2 poolings: H and W must be multiples of 2**3 for the skips to line up.
 SIZE_MULTIPLE = 8
@@ -71,7 +71,7 @@ class UNetLayers(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch("x", x, self.in_channels)
         check_input_dtype("x", x, self.enc1[0].weight.dtype, type(self).__name__,
-                          autocast=torch.is_autocast_enabled(x.device.type))
+                          autocast=autocast_enabled(x.device.type))
         height, width = x.shape[-2:]
         # Zero padding on the bottom and right to a multiple of 8: the convolutions already see
         # zeros past the border, the pooling grid stays anchored at the top-left corner, and it

@@ -18,6 +18,15 @@ def check_image_batch(name: str, x, channels: int) -> None:
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(x.shape)}")
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled(device_type), False for a device type autocast does not know
+    (meta: a model run for its shapes alone), where torch raises instead."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 # The input dtypes torch.autocast casts for the convolutions (it never casts float64).
 AUTOCAST_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

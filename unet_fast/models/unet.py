@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from unet_fast.models.architecture import UNetLayers
+from unet_fast.models.input_checks import autocast_enabled
 from unet_fast.models.module_hooks import calls_module
 from unet_fast.ops.up_concat_op import up_concat
 
@@ -35,7 +36,7 @@ class UNet(UNetLayers):
             y = torch.cat([upconv(x), skip], dim=1)
             return torch.relu(y) if self.up_relu else y
         weight, bias = upconv.weight, upconv.bias
-        if weight.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+        if weight.dtype != x.dtype and autocast_enabled(x.device.type):
             # Under autocast the activations arrive in the autocast dtype; the op wants one dtype.
             weight = weight.to(x.dtype)
             bias = bias.to(x.dtype) if bias is not None else None
