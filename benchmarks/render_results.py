@@ -247,9 +247,10 @@ def networks_section(doc) -> list:
                     for r in (unfused, fused)]
             size = "x".join(map(str, fused["size"]))
             layout = fused.get("layout", "contiguous")  # files before the layout option: contiguous
-            md.append(f"| {net} | {fused['batch']}x{size} {fused['dtype']} {layout} | {mode} | {unfused['median_ms']:.0f} | "
-                      f"{fused['median_ms']:.0f} | {unfused['median_ms'] / fused['median_ms']:.2f}x | {peak[0]} | "
-                      f"{peak[1]} | {fused['fused_steps']} of {fused['decoder_steps']} |")
+            md.append(f"| {net} | {fused['batch']}x{size} {fused['dtype']} {layout} | {mode} | "
+                      f"{unfused['median_ms']:.0f} | {fused['median_ms']:.0f} | "
+                      f"{unfused['median_ms'] / fused['median_ms']:.2f}x | {peak[0]} | {peak[1]} | "
+                      f"{fused['fused_steps']} of {fused['decoder_steps']} |")
     return md
 
 
