@@ -27,8 +27,8 @@ setup(
     ],
     extras_require={
         # onnx + onnxruntime so that the suite also checks `unet-fast export` end to end; ruff is
-    # the linter CI runs (ruff.toml).
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "ruff"],
+        # the linter CI runs (ruff.toml); pytest-xdist runs the suite on two workers (README).
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "onnx", "onnxruntime", "ruff"],
         "onnx": ["onnx", "onnxruntime"],
         # The libraries `unet_fast.fuse` is checked against (tests/test_fuse_*.py). nnU-Net's
         # dynamic-network-architectures==0.4.4 is not listed: it requires timm, whose torchvision

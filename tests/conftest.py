@@ -14,8 +14,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (the README's test command runs two workers), one torch thread per worker:
+# two workers with a thread per core each would stall each other at every OpenMP barrier.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """The static compile report (minutes, one file) first: under pytest-xdist one worker starts
+    on it at once while the other takes the remaining files, and both end about together."""
+    items.sort(key=lambda item: item.path.name != "test_kernel_report.py")
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,9 @@ def fake_gpu_path(tmp_path):
     smi = bin_dir / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'GPU 0: stand-in for a test'\n")
     smi.chmod(0o755)
-    return f"{bin_dir}:{os.environ['PATH']}"
+    # Then this interpreter's folder: the script calls `python3`, which must be the one with the
+    # project installed (an activated venv's), however pytest was started.
+    return f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
 
 
 def _run_script(out, path, budget, cache=None):

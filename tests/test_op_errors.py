@@ -52,7 +52,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("changes,exc,words", CASES, ids=lambda v: str(v)[:60] if isinstance(v, dict) else "")
+def _case_id(value) -> str:
+    """A test id from a case's changes that names tensors by shape and dtype, not by their random
+    values: the same on every collection (pytest-xdist's workers must agree)."""
+    if not isinstance(value, dict):
+        return ""
+    return ",".join(f"{k}={list(v.shape)}{str(v.dtype)[6:]}" if isinstance(v, torch.Tensor) else f"{k}={v!r}"
+                    for k, v in value.items())
+
+
+@pytest.mark.parametrize("changes,exc,words", CASES, ids=_case_id)
 def test_up_concat_rejects_bad_input(monkeypatch, changes, exc, words):
     # Both implementations fail loudly if they are reached: the check must come first.
     def reached(*args, **kwargs):
