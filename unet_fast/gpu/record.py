@@ -14,7 +14,7 @@ Inside `record_mode(capability)`:
 - the weight-gradient split count is the H200's (132 SMs), as on the GPU: it is an integer
   argument of a kernel, so its divisibility by 16 selects a compiled kernel too;
 - meta tensors (shapes and strides, no storage) launch too: the op's Meta kernel, which is its
-  fake implementation, is overridden for the block by one that calls the launchers (a row's error
+  fake implementation, is overridden for the block by the op's own implementation (a row's error
   against the reference reads NaN there: reference.relative_error). So a part whose other layers
   would need tens of GB at the GPU's sizes (a UNet at batch 8 on 512x512, nnU-Net at 128^3) runs
   on the meta device in seconds and launches exactly what it would on CPU tensors of those shapes
@@ -176,19 +176,14 @@ def _recording_uses_triton(t) -> bool:
 
 @contextlib.contextmanager
 def _meta_tensors_launch():
-    """The op's Meta kernels call the (recording) launchers for the block; Library._destroy
-    restores the fake implementations. Looked up at each call: the launchers are wrapped above."""
-    from unet_fast.kernels import up_concat_launch as L
-
-    def forward(x, skip, weight, bias, relu, skip_first):
-        return L.launch_forward(x, skip, weight, bias, relu=relu, skip_first=skip_first)
-
-    def backward(grad, out, x, weight, has_bias, skip_first):
-        return L.launch_backward(grad, out, x, weight, skip_first=skip_first, has_bias=has_bias)
+    """The op's Meta kernels are its own CPU/CUDA implementations for the block (which, with
+    `uses_triton` replaced, call the recording launchers); Library._destroy restores the fake
+    implementations."""
+    from unet_fast.ops import up_concat_op
 
     library = torch.library.Library("unet_fast", "IMPL")
-    library.impl("up_concat", forward, "Meta")
-    library.impl("up_concat_backward", backward, "Meta")
+    library.impl("up_concat", up_concat_op.forward_impl, "Meta")
+    library.impl("up_concat_backward", up_concat_op.backward_impl, "Meta")
     try:
         yield
     finally:

@@ -61,12 +61,16 @@ def uses_triton(t: Tensor) -> bool:
     return True
 
 
-@torch.library.custom_op("unet_fast::up_concat", mutates_args=())
-def _up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool,
-               skip_first: bool) -> Tensor:
+def forward_impl(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool,
+                 skip_first: bool) -> Tensor:
+    """The op's forward on real tensors (its CPU and CUDA kernel): the Triton kernels or the
+    PyTorch path, as `uses_triton` decides."""
     if uses_triton(x):
         return _triton_forward(x, skip, weight, bias, relu=relu, skip_first=skip_first)
     return torch_path.forward(x, skip, weight, bias, relu, skip_first)
+
+
+_up_concat = torch.library.custom_op("unet_fast::up_concat", forward_impl, mutates_args=())
 
 
 @_up_concat.register_fake
@@ -75,15 +79,18 @@ def _(x, skip, weight, bias, relu, skip_first):
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
-@torch.library.custom_op("unet_fast::up_concat_backward", mutates_args=())
-def _up_concat_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor,
-                        has_bias: bool, skip_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dskip, dweight, dbias). `out` is the forward's result when it applied a ReLU (the mask
-    is out <= 0, as in threshold_backward), None when it did not: the one convention for "no
-    activation" on both paths."""
+def backward_impl(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor,
+                  has_bias: bool, skip_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dskip, dweight, dbias), the backward op's kernel as forward_impl is the forward's. `out`
+    is the forward's result when it applied a ReLU (the mask is out <= 0, as in
+    threshold_backward), None when it did not: the one convention for "no activation" on both
+    paths."""
     if uses_triton(x):
         return _triton_backward(grad, out, x, weight, skip_first=skip_first, has_bias=has_bias)
     return torch_path.backward(grad, out, x, weight, has_bias, skip_first)
+
+
+_up_concat_backward = torch.library.custom_op("unet_fast::up_concat_backward", backward_impl, mutates_args=())
 
 
 @_up_concat_backward.register_fake
