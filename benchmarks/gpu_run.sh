@@ -45,8 +45,8 @@ GPU_PYTHON=3.12
 # Triton's own ptxas, before anything runs: torch 2.11's cu130 wheel ships torch/bin/ptxas and
 # Inductor's first compile points TRITON_PTXAS_PATH at it; the ptxas version is part of Triton's
 # cache key, so kernels compiled after that would miss the carried cache.
-triton_ptxas() {
-    python3 -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))' 2>/dev/null
+triton_ptxas() {  # triton_ptxas [PYTHON]: the ptxas inside that interpreter's Triton (default python3)
+    "${1:-python3}" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))' 2>/dev/null
 }
 # name  estimated seconds (warm H100/H200, kernels from the cache)  what
 PARTS=(
@@ -119,7 +119,7 @@ dry_run() {
     [ -s "$plan" ] || return 2
     [ "$recorded" -eq 0 ] || echo "gpu_run.sh --dry-run: the recording stopped (exit $recorded); the plan holds the parts that ended: $("$rec/bin/python" -c 'import json, sys; print(", ".join(json.load(open(sys.argv[1]))["parts"]))' "$plan")" >&2
     rm -rf .triton-cache
-    env -u TRITON_INTERPRET TRITON_PTXAS_PATH="$("$cc/bin/python" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))')" \
+    env -u TRITON_INTERPRET TRITON_PTXAS_PATH="$(triton_ptxas "$cc/bin/python")" \
         "$cc/bin/python" benchmarks/build_triton_cache.py "$plan" .triton-cache
     local built=$?
     [ "$built" -eq 0 ] || [ "$built" -eq 3 ] || return 2
@@ -162,8 +162,8 @@ install_wheels() {  # install_wheels PYTHON: MONAI and nnU-Net's library from th
     "$1" -c "import monai, dynamic_network_architectures" >/dev/null 2>&1 && return 0
     local log
     log=$(mktemp)
-    "$1" -m pip install --quiet --no-deps --no-index --find-links "$WHEELS" \
-        monai einops dynamic-network-architectures >"$log" 2>&1 || tail -n 3 "$log"
+    # Every wheel in the folder: benchmarks/interop_wheels.sh chose them (and their versions).
+    "$1" -m pip install --quiet --no-deps --no-index "$WHEELS"/*.whl >"$log" 2>&1 || tail -n 3 "$log"
     rm -f "$log"
     "$1" -c "import monai, dynamic_network_architectures"  # its error, if any, is the part's last words
 }

@@ -127,7 +127,7 @@ def test_the_networks_part_installs_the_pinned_wheels_ci_tests():
     assert '"monai==1.6.1"' in setup and "monai==1.6.1" in wheels
     assert "dynamic-network-architectures==0.4.4" in ci and "dynamic-network-architectures==0.4.4" in wheels
     script = open(os.path.join(REPO, "benchmarks", "gpu_run.sh")).read()
-    assert '--no-deps --no-index --find-links "$WHEELS"' in script
+    assert '--no-deps --no-index "$WHEELS"/*.whl' in script
 
 
 PLAN_SCRIPT = """
