@@ -28,6 +28,8 @@ import sys
 
 import pytest
 
+from unet_fast.gpu.plan import compiled_kernels
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytest.importorskip("triton")
@@ -79,18 +81,13 @@ def _run(code, *args, **env):
     return proc
 
 
-def _cubins(folder):
-    return {os.path.relpath(os.path.join(d, f), folder)
-            for d, _, files in os.walk(folder) for f in files if f.endswith(".cubin")}
-
-
 def _build_cache(plan_path, cache) -> set:
     """benchmarks/build_triton_cache.py's cache of a plan; its compiled kernels."""
     build = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "build_triton_cache.py"),
                             str(plan_path), str(cache)], cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
-    return _cubins(cache)
+    return compiled_kernels(cache)
 
 
 def test_a_cache_built_from_the_recorded_plan_has_every_launch_and_misses_a_dropped_one(tmp_path):
@@ -109,7 +106,7 @@ def test_a_cache_built_from_the_recorded_plan_has_every_launch_and_misses_a_drop
     assert len(built) == len(specs) - 1
     # The part, compiled for sm_90 against the cache: one miss, the dropped specialization.
     _run(SLICE, "compile", tmp_path / "unused.json", TRITON_CACHE_DIR=str(cache))
-    missed = _cubins(cache) - built
+    missed = compiled_kernels(cache) - built
     assert len(missed) == 1, f"{len(missed)} launches of the part missed the cache: {sorted(missed)}"
     assert os.path.basename(next(iter(missed))).startswith(dropped["kernel"].removesuffix("_autotuned"))
 
@@ -184,5 +181,5 @@ def test_the_model_part_at_the_gpu_s_sizes_misses_only_what_its_cache_lacks(tmp_
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert check.returncode == 1, check.stderr[-3000:]
     assert "check-cache: model: 1 kernels compiled" in check.stderr, check.stderr[-3000:]
-    missed, = _cubins(cache) - built
+    missed, = compiled_kernels(cache) - built
     assert os.path.basename(missed).startswith(dropped["kernel"].removesuffix("_autotuned"))

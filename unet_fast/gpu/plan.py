@@ -162,7 +162,8 @@ def record(capability: int, parts=PART_NAMES, options=None, log=sys.stderr, afte
     return recorder, status
 
 
-def _cubins(folder) -> set:
+def compiled_kernels(folder) -> set:
+    """The compiled kernels (.cubin files) in a Triton cache folder, by path."""
     return {os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".cubin")}
 
 
@@ -175,12 +176,12 @@ def check_cache(cache: str, capability: int, parts, options, log=sys.stderr) -> 
     missed = {}
     saved = os.environ.get("TRITON_CACHE_DIR")
     os.environ["TRITON_CACHE_DIR"] = os.path.abspath(cache)
-    seen = _cubins(cache)
+    seen = compiled_kernels(cache)
 
     def count(_recorder, status):
         nonlocal seen
         part = list(status)[-1]
-        now = _cubins(cache)
+        now = compiled_kernels(cache)
         missed[part] = len(now - seen)
         seen = now
         print(f"check-cache: {part}: {missed[part]} kernels compiled (missing from the cache)", file=log)

@@ -170,16 +170,15 @@ def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = Tr
     on empty tensors. `fmt`: a layout name or a torch memory format (channels_last means
     channels_last_3d for a 3-D step)."""
     from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward
-    step = case
-    ndim = 2 + len(step.spatial)
+    ndim = 2 + len(case.spatial)
     if isinstance(fmt, str):
         fmt = names.memory_format(fmt, ndim)
     elif ndim == 5 and fmt == torch.channels_last:
         fmt = torch.channels_last_3d
-    x = _empty([step.n, step.cin, *step.spatial], dtype, fmt)
-    skip = _empty([step.n, step.cs, *(s * k for s, k in zip(step.spatial, step.kernel))], dtype, fmt)
-    weight = torch.empty(step.cin, step.cout, *step.kernel, dtype=dtype)
-    bias = torch.empty(step.cout, dtype=dtype) if has_bias else None
+    x = _empty([case.n, case.cin, *case.spatial], dtype, fmt)
+    skip = _empty([case.n, case.cs, *case.up_spatial], dtype, fmt)
+    weight = torch.empty(case.cin, case.cout, *case.kernel, dtype=dtype)
+    bias = torch.empty(case.cout, dtype=dtype) if has_bias else None
     out = launch_forward(x, skip, weight, bias, relu=relu, skip_first=False)
     launch_backward(torch.empty_like(out), out if relu else None, x, weight, skip_first=False, has_bias=has_bias)
 
