@@ -240,6 +240,24 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         **math, **(tiles or {}),
     )
 
+    dweight, dbias = launch_weight_grad(grad, mask_src, bits, x, weight, relu=relu, has_bias=has_bias,
+                                        conv_c0=conv_c0, math=math, tiles=tiles)
+    return dx, dskip, dweight, dbias
+
+
+def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias: bool, conv_c0: int, math: dict,
+                       tiles):
+    """(dweight, dbias) of up_concat: the weight-gradient kernel and the reduction of its
+    partials. `mask_src` and `bits` are launch_backward's (the ReLU mask); `math` its math
+    settings with IDX64; `tiles` the fixed tiles of the dtype, or None for the device's."""
+    n, cin = x.shape[:2]
+    cout = weight.shape[1]
+    kd, kh, kw = kernel_size(weight)
+    d, h, w = sizes3(x)
+    m = n * d * h * w
+    taps = kd * kh * kw
+    nb = triton.cdiv(cout, 8)
+    sizes = dict(KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu)
     tiles = tiles or fixed_tile("backward_weight", operand_class(x.element_size(), math["INPUT_PRECISION"],
                                                                 channels_last_operand(x)))
     block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
@@ -277,4 +295,4 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
             *dw_strides, dbias.stride(0),
             KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
         )
-    return dx, dskip, dweight, dbias
+    return dweight, dbias
