@@ -8,7 +8,7 @@ import torch
 import unet_fast
 from unet_fast.adapters import fuse_report
 from helpers import DEVICE, assert_close_to_reference, select_path, spy_on_triton_launches
-from test_fuse_common import check_fused_model, count_fused_calls, fused_twin, require
+from test_fuse_common import check_fused_model, count_fused_calls, fused_twin, require, unpatched
 
 require("monai")
 from monai.networks.nets import UNETR, BasicUNet, DynUNet, SwinUNETR
@@ -77,7 +77,7 @@ def test_basic_unet_other_upsample_modes_are_left_and_reported():
     report = fuse_report(model)
     assert not report.fused and len(report.left) == 4
     assert all("upsample is not mode 'deconv'" in why for _, why in report.left), report.left
-    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert unpatched(model)
 
 
 def test_unetr_encoder_transposed_convs_are_not_decoder_steps():

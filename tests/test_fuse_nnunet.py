@@ -13,14 +13,16 @@ require("dynamic_network_architectures")
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
 
-def plain_conv_unet(dims, features=(4, 8, 16), strides=None, deep_supervision=False):
-    """nnU-Net's PlainConvUNet as its planner builds it (InstanceNorm, LeakyReLU, bias), tiny."""
+def plain_conv_unet(dims, features=(4, 8, 16), strides=None, deep_supervision=False, inplace=True):
+    """nnU-Net's PlainConvUNet as its planner builds it (InstanceNorm, LeakyReLU, bias), tiny;
+    inplace=False where a global backward hook wraps every module (an in-place LeakyReLU on a
+    hooked module's output is refused by autograd)."""
     conv = nn.Conv3d if dims == 3 else nn.Conv2d
     norm = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
     strides = strides or [1] + [2] * (len(features) - 1)
     return PlainConvUNet(1, len(features), features, conv, 3, strides, 2, 3, 2, conv_bias=True, norm_op=norm,
                          norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-                         nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
+                         nonlin_kwargs={"inplace": inplace}, deep_supervision=deep_supervision)
 
 
 def residual_encoder_unet(dims, features=(4, 8, 16)):

@@ -108,3 +108,41 @@ def test_calls_module_sees_global_hooks():
     finally:
         handle.remove()
     assert not calls_module(conv)
+
+
+@pytest.mark.parametrize("register", [
+    lambda conv, hook: conv.register_full_backward_hook(hook),
+    lambda conv, hook: conv.register_full_backward_pre_hook(lambda m, go: hook(m, None, go)),
+    lambda conv, hook: torch.nn.modules.module.register_module_full_backward_hook(hook),
+    lambda conv, hook: torch.nn.modules.module.register_module_full_backward_pre_hook(lambda m, go: hook(m, None, go)),
+], ids=["module", "module-pre", "global", "global-pre"])
+def test_calls_module_sees_backward_hooks(register):
+    """A backward hook fires only when its module is called: a module or global one makes the
+    fused op call the module."""
+    conv = torch.nn.ConvTranspose2d(2, 2, 2, 2)
+    assert not calls_module(conv)
+    handle = register(conv, lambda m, grad_in, grad_out: None)
+    try:
+        assert calls_module(conv)
+    finally:
+        handle.remove()
+    assert not calls_module(conv)
+
+
+def test_a_backward_hook_that_rewrites_gradients_is_honoured(twins):
+    """A full backward hook on upconv2 that doubles its input's gradient fires in UNet as in
+    ReferenceUNet, and every parameter's gradient shows it."""
+    model, ref = twins
+    fired = []
+    for m in (model, ref):
+        m.upconv2.register_full_backward_hook(lambda mod, gi, go: (fired.append(mod), (gi[0] * 2,))[1])
+    x = torch.rand(1, 3, 16, 16, device=DEVICE)
+    out, want = model(x), ref(x)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    want.backward(grad)
+    assert len(fired) == 2
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-4, atol=1e-5, msg=name)

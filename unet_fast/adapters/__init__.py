@@ -3,8 +3,9 @@
     import unet_fast
     model = unet_fast.fuse(model, verbose=True)  # fused 5 of 5 decoder steps (decoder.transpconvs[0..4]); left: none
 
-`fuse` walks the module tree and binds a replacement forward (patches.py) on each module it
-recognizes, by class and by structure:
+`fuse` walks the module tree and gives each module it recognizes, by class and by structure, a
+generated subclass of its class whose forward is the adapter's replacement (fused_classes.py,
+patches.py):
 
 - dynamic_network_architectures 0.4.4 (nnU-Net): UNetDecoder (PlainConvUNet, ResidualEncoderUNet);
   step transpconvs[s], cat((up, skip)).
@@ -19,21 +20,24 @@ A module is patched only when its class's forward is, token for token, the forwa
 reproduces (fingerprint.py: another library version with the same forward is fused, one whose
 forward differs is left and reported) and its modules have the structure that forward relies on;
 each step's ConvTranspose must have kernel == stride and no padding, output_padding, dilation or
-groups. Parameters, buffers and state_dict are untouched. What was fused and what was left, and
-why: `fuse_report(model)`.
+groups. At every call a fused step re-checks all of that (surgery after fuse sends the call to
+the library's code) and what the op computes exactly (step.py). Parameters, buffers and
+state_dict are untouched. What was fused and what was left, and why, and how each fused step's
+calls ran: `fuse_report(model)`.
 """
-import functools
 import re
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
 from unet_fast.adapters import patches
+from unet_fast.adapters.calls import StepCalls
 from unet_fast.adapters.fingerprint import forward_fingerprint
-from unet_fast.adapters.step import CONV_TRANSPOSE, static_problem
+from unet_fast.adapters.fused_classes import fused_class, origin
+from unet_fast.adapters.step import CONV_TRANSPOSE, Step, child, static_problem, structure
 
 # The versions the adapters were written and tested against (`pip install -e ".[interop]"`).
 SUPPORTED_VERSIONS = {"dynamic_network_architectures": "0.4.4", "monai": "1.6.1"}
@@ -61,10 +65,17 @@ class FuseReport:
     # ConvTranspose modules outside every decoder step fuse knows (path, class of the module
     # holding it): an unknown model's, or a known one's that is no decoder step (UNETR's encoder).
     others: List[Tuple[str, str]] = field(default_factory=list)
+    # Per fused step (path as in `fused`): the calls it served fused and those that ran the
+    # library's code, per reason (calls.py); live, counted on the model's modules.
+    calls: Dict[str, StepCalls] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         return len(self.fused) + len(self.left)
+
+    def calls_text(self) -> str:
+        """One line per fused step: 'decoder.transpconvs.0: 3 fused, 1 library (size mismatch: 1)'."""
+        return "\n".join(f"{path}: {calls}" for path, calls in self.calls.items())
 
     def __str__(self) -> str:
         fused = f" ({_compress([p for p, _ in self.fused])})" if self.fused else ""
@@ -112,18 +123,18 @@ def _is_sequential_of(container, name) -> Optional[nn.Module]:
     """container[name] when container is an nn.Sequential running only that child, else None."""
     if not isinstance(container, nn.Sequential) or type(container).forward is not nn.Sequential.forward:
         return None
-    children = list(container.named_children())
-    return children[0][1] if len(children) == 1 and children[0][0] == name else None
+    return child(container, name) if list(container._modules) == [name] else None
 
 
-# Each recognizer: (steps(module) -> [(relative ConvTranspose path, conv)] or a str saying why the
-# module's structure is not the one its forward needs, attribute to bind, replacement).
+# Each recognizer: (steps(module) -> [(relative ConvTranspose path, conv, the modules the library
+# calls around it)] or a str saying why the module's structure is not the one its forward needs,
+# attribute to patch, replacement).
 def _dna_decoder_steps(m):
     if not (isinstance(getattr(m, "transpconvs", None), nn.ModuleList)
             and isinstance(getattr(m, "stages", None), nn.ModuleList)
             and len(m.transpconvs) == len(m.stages)):
         return "transpconvs and stages are not ModuleLists of one length"
-    return [(f"transpconvs.{s}", conv) for s, conv in enumerate(m.transpconvs)]
+    return [(f"transpconvs.{s}", conv, ()) for s, conv in enumerate(m.transpconvs)]
 
 
 def _monai_upcat_steps(m):
@@ -131,21 +142,21 @@ def _monai_upcat_steps(m):
     if conv is None:
         names = [n for n, _ in m.upsample.named_children()] if isinstance(m.upsample, nn.Module) else []
         return f"upsample is not mode 'deconv' (its modules: {', '.join(names) or 'none'})"
-    return [("upsample.deconv", conv)]
+    return [("upsample.deconv", conv, (m.upsample,))]
 
 
 def _monai_up_block_steps(m):
     conv = _is_sequential_of(getattr(m, "transp_conv", None), "conv")
     if conv is None:
         return "transp_conv is not a Convolution(conv_only=True) holding one transposed convolution"
-    return [("transp_conv.conv", conv)]
+    return [("transp_conv.conv", conv, (m.transp_conv,))]
 
 
 def _lesson_steps(m):
     names = ("upconv3", "upconv2", "upconv1")
     if not all(isinstance(getattr(m, n, None), nn.Module) for n in names):
         return "upconv1..3 missing"
-    return [(n, getattr(m, n)) for n in names]
+    return [(n, getattr(m, n), ()) for n in names]
 
 
 _LIBRARY = {
@@ -160,7 +171,8 @@ def _recognize(m) -> Optional[Tuple[str, Callable, str, Callable, Optional[str]]
     """(kind, steps, attribute, replacement, refusal) for a module fuse knows, else None."""
     from unet_fast.models.unet import UNet
     from unet_fast.reference import ReferenceUNet
-    cls = type(m)
+    fused_from = origin(m)
+    cls = fused_from[0] if fused_from else type(m)  # a module fused before: its library class
     for key, (steps, attr, replacement) in _LIBRARY.items():
         lib_cls = _library_class(key)
         if lib_cls is None or not isinstance(m, lib_cls):
@@ -186,23 +198,13 @@ def _recognize(m) -> Optional[Tuple[str, Callable, str, Callable, Optional[str]]
     return None
 
 
-def _bound(m, attr):
-    """The function bound on m's instance under attr by an earlier fuse, None if none, or False
-    when someone else bound something there."""
-    value = m.__dict__.get(attr)
-    if value is None:
-        return None
-    if isinstance(value, functools.partial) and value.func in patches.PATCHES and value.args == (m,):
-        return value.func
-    return False
-
-
 def fuse(model: nn.Module, verbose: bool = False) -> nn.Module:
     """Patch `model` in place so that each decoder step it recognizes computes through the fused
     `up_concat`; return `model`. Idempotent; parameters, buffers and state_dict untouched. A call
-    the fused step cannot compute exactly (odd sizes, hooks, dtypes or devices the op does not take,
-    tensor subclasses, tracing) runs the library's own code. `fuse_report(model)` says what was
-    fused and what was left, and why; verbose=True prints it."""
+    the fused step cannot compute exactly (odd sizes, forward or backward hooks, dtypes or devices
+    the op does not take, tensor subclasses, tracing, modules changed since fuse) runs the
+    library's own code. `fuse_report(model)` says what was fused and what was left, and why, and
+    counts each fused step's calls; verbose=True prints it."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects an nn.Module, got {type(model).__name__}")
     report = FuseReport()
@@ -213,41 +215,46 @@ def fuse(model: nn.Module, verbose: bool = False) -> nn.Module:
             continue
         kind, steps_of, attr, replacement, refusal = found
         prefix = f"{name}." if name else ""
+        counted = {}
+        if origin(m) is not None:  # fused before: judged afresh as its library class, counts kept
+            m.__class__ = origin(m)[0]
+            counted = {step.path: step.calls for step in m.__dict__.pop("_unet_fast_steps", ())}
         steps = steps_of(m)
         if isinstance(steps, str):
             report.left.append((name, f"{kind} not fused: {steps}"))
             continue
-        for _, conv in steps:
+        for _, conv, _ in steps:
             claimed.add(id(conv))
         if refusal is not None:
             warnings.warn(f"unet_fast.fuse: {name or '<model>'}: {refusal}", stacklevel=2)
-            report.left.extend((prefix + p, refusal) for p, _ in steps)
+            report.left.extend((prefix + p, refusal) for p, _, _ in steps)
             continue
-        problems = [static_problem(conv) for _, conv in steps]
+        problems = [static_problem(conv) for _, conv, _ in steps]
         if attr is None:  # unet_fast.UNet: its steps already call up_concat
-            report.fused.extend((prefix + p, kind) for p, _ in steps)
+            report.fused.extend((prefix + p, kind) for p, _, _ in steps)
             continue
         if kind == "ReferenceUNet" and any(problems):
             # one up_step serves all three steps: patch it only when all three can be fused
             report.left.extend((prefix + p, f"ReferenceUNet not fused: {why or 'another step cannot be'}")
-                               for (p, _), why in zip(steps, problems))
+                               for (p, _, _), why in zip(steps, problems))
             continue
-        bound = _bound(m, attr)
-        if bound is False:
+        if attr in m.__dict__:
             report.left.extend((prefix + p, f"{kind}.{attr} already replaced on the instance by someone else")
-                               for p, _ in steps)
+                               for p, _, _ in steps)
             continue
         if all(problems):
-            report.left.extend((prefix + p, why) for (p, _), why in zip(steps, problems))
+            report.left.extend((prefix + p, why) for (p, _, _), why in zip(steps, problems))
             continue
-        m._unet_fast_fusable = tuple(why is None for why in problems)
-        if bound is None:
-            # functools.partial rather than types.MethodType: a pickled model (torch.save(model))
-            # restores a partial with its module-level function, a bound method only by its name,
-            # which the module does not have; deepcopy and torch.compile handle both.
-            setattr(m, attr, functools.partial(replacement, m))
-        for (p, _), why in zip(steps, problems):
-            (report.fused.append((prefix + p, kind)) if why is None else report.left.append((prefix + p, why)))
+        m._unet_fast_steps = tuple(
+            Step(prefix + p, p, why is None, structure(conv, wrappers), counted.get(prefix + p) or StepCalls())
+            for (p, conv, wrappers), why in zip(steps, problems))
+        m.__class__ = fused_class(type(m), attr, replacement)
+        for step, why in zip(m._unet_fast_steps, problems):
+            if why is None:
+                report.fused.append((step.path, kind))
+                report.calls[step.path] = step.calls
+            else:
+                report.left.append((step.path, why))
     for name, m in model.named_modules():
         if isinstance(m, CONV_TRANSPOSE) and id(m) not in claimed:
             report.others.append((name, _owner(model, name)))
@@ -268,8 +275,17 @@ def _owner(model, name) -> str:
 
 
 def fuse_report(model: nn.Module) -> Optional[FuseReport]:
-    """What the last `fuse(model)` fused and left, and why; None if the model was never fused."""
-    return model.__dict__.get("_unet_fast_fuse_report")
+    """What the last `fuse(model)` fused and left, and why, and each fused step's calls so far;
+    None if the model was never fused. A torch.compile'd model (OptimizedModule) or a
+    DataParallel / DistributedDataParallel wrapper reports the model it wraps."""
+    report = model.__dict__.get("_unet_fast_fuse_report")
+    if report is None:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if isinstance(inner, nn.Module):
+            return fuse_report(inner)
+    return report
 
 
 __all__ = ["fuse", "fuse_report", "FuseReport", "SUPPORTED_VERSIONS"]
