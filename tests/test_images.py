@@ -12,6 +12,7 @@ from PIL import Image
 import unet_fast
 from unet_fast.workflow import checkpoint
 from unet_fast.workflow.data import FolderSegmentation, read_image
+from unet_fast.workflow.overlay import overlay as draw_outlines
 from unet_fast.errors import InputError
 from unet_fast.models.unet import UNet
 from unet_fast.workflow.train import init_weights
@@ -125,12 +126,17 @@ def test_predict_writes_an_exif_rotated_photo_at_its_displayed_size(tmp_path, ca
     ckpt = tmp_path / "model.pt"
     checkpoint.save(ckpt, {"config": checkpoint.model_config(model, ["bg", "a", "b"]),
                            "model": model.state_dict(), "epoch": 0, "history": []})
-    code, out, err = run_cli(capsys, "predict", ckpt, tmp_path / "photo.jpg", "--out", tmp_path / "out")
+    code, out, err = run_cli(capsys, "predict", ckpt, tmp_path / "photo.jpg", "--out", tmp_path / "out",
+                                  "--alpha", "0.5")
     assert code == 0, err
     with Image.open(tmp_path / "out" / "photo_mask.png") as mask, \
             Image.open(tmp_path / "out" / "photo_overlay.png") as overlay:
-        assert mask.size == overlay.size == (24, 40)
+        assert mask.size == (24, 40)
         np.testing.assert_array_equal(np.asarray(mask), unet_fast.predict(model, upright))
+        # The overlay: the upright image's outlines at its displayed size, the legend strip below.
+        assert overlay.width >= 24 and overlay.height > 40
+        np.testing.assert_array_equal(np.asarray(overlay)[:40, :24],
+                                      draw_outlines(upright, np.asarray(mask), 3, alpha=0.5))
 
 
 def test_training_reads_exif_rotated_images_and_masks_upright(tmp_path):

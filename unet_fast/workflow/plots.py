@@ -1,14 +1,19 @@
 """Training curves (loss and Dice per epoch) and the demo's prediction grid, as PNG files.
 
+The grid (predictions.png) shows per held-out sample: the image, the true and the predicted mask in
+solid class colours, the predicted class outlines over the image, and the wrong pixels in red
+over a grey copy of the image; a legend names each class beside its colour.
+
 Uses matplotlib's object API with the Agg canvas, never pyplot, so importing this module does not
 change a user's matplotlib backend or open windows.
 """
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from unet_fast.workflow.atomic_write import atomic_write
+from unet_fast.workflow.overlay import ERROR_COLOUR, error_image, overlay, palette, solid_mask
 
 
 def _figure(width: float, height: float):
@@ -58,23 +63,62 @@ def plot_curves(history: List[dict], class_names: Sequence[str], path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def plot_predictions(rows: List[Sequence[np.ndarray]], titles: Sequence[str], path,
-                     row_labels: Sequence[str] = ()) -> None:
-    """A grid of RGB images: one row per sample, one column per title."""
-    cols = len(titles)
-    fig = _figure(2.6 * cols, 2.6 * len(rows))
-    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            ax = axes[r, c]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=10)
-            if c == 0 and r < len(row_labels):
-                ax.set_ylabel(row_labels[r], fontsize=9)
-    fig.tight_layout()
+PREDICTION_COLUMNS = ("image", "true mask", "predicted mask", "predicted outlines", "errors")
+WRONG_PIXEL_LABEL = "wrong pixel"
+
+
+def prediction_panels(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                      num_classes: int) -> List[np.ndarray]:
+    """The RGB pictures of one grid row, in PREDICTION_COLUMNS order: the image, both masks in solid
+    class colours (background black), the predicted outlines over the image, the wrong pixels."""
+    return [np.asarray(image), solid_mask(truth, num_classes), solid_mask(prediction, num_classes),
+            overlay(image, prediction, num_classes), error_image(image, truth, prediction)]
+
+
+def prediction_figure(samples: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      class_names: Sequence[str], title: str = ""):
+    """The grid of `plot_predictions` as a matplotlib Figure (Agg canvas).
+
+    One row per (image, true mask, predicted mask) sample, one column per PREDICTION_COLUMNS
+    entry; under the grid a legend names each class beside its colour, then the error colour.
+    """
+    from matplotlib.patches import Patch
+
+    rows = max(1, len(samples))
+    cols = len(PREDICTION_COLUMNS)
+    height, width = np.asarray(samples[0][1]).shape if samples else (1, 1)
+    cell = 2.4  # inches per panel's longer side
+    panel_w, panel_h = cell * min(1.0, width / height), cell * min(1.0, height / width)
+    fig = _figure(cols * (panel_w + 0.2) + 0.4, rows * (panel_h + 0.45) + (1.0 if title else 0.7))
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    for r, (image, truth, prediction) in enumerate(samples):
+        truth, prediction = np.asarray(truth), np.asarray(prediction)
+        for c, picture in enumerate(prediction_panels(image, truth, prediction, len(class_names))):
+            axes[r, c].imshow(picture, interpolation="nearest")
+        wrong = float(np.mean(truth != prediction)) if truth.size else 0.0
+        axes[r, -1].set_xlabel(f"{100 * wrong:.1f}% of pixels wrong", fontsize=8)
+        axes[r, 0].set_ylabel(f"sample {r}", fontsize=9)
+    for c, name in enumerate(PREDICTION_COLUMNS):
+        axes[0, c].set_title(name, fontsize=10)
+    for ax in axes.reshape(-1):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Patch(facecolor=colour / 255, edgecolor="0.4", label=str(name))
+               for name, colour in zip(class_names, palette(len(class_names)))]
+    handles.append(Patch(facecolor=np.asarray(ERROR_COLOUR) / 255, edgecolor="0.4", label=WRONG_PIXEL_LABEL))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9,
+               frameon=False, handlelength=1.2, handleheight=1.2)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    # Leave the bottom 0.4 inch to the legend.
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def plot_predictions(samples: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     class_names: Sequence[str], path, title: str = "") -> None:
+    """Write `prediction_figure` to `path` as a PNG."""
+    fig = prediction_figure(samples, class_names, title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
