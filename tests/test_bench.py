@@ -129,3 +129,38 @@ def test_3d_step_rows_run_and_match_the_reference(tmp_path, pytorch_path):
     for r in rows:
         assert r["status"] == "ok" and r["rel_err"] < 1e-5, r
         assert len(r["shapes"]["x"]) == 5
+
+
+TINY_QUICK = ["bench", "--quick", "--device", "cpu", "--case", "custom", "--shape", "1,4,2,2,3,3",
+              "--provider", "fused,eager", "--layout", "contiguous", "--warmup", "0", "--repeats", "1",
+              "--sets", "1"]
+
+
+def test_a_cpu_run_says_which_path_ran_and_that_its_figures_are_not_the_gpu_figures(capsys, pytorch_path):
+    assert main([*TINY_QUICK, "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "the fused op runs: PyTorch path" in err
+    assert "not the product's GPU figures" in err
+    assert "not the product's GPU figures" in out  # the table's header says it too
+
+
+def test_progress_into_a_pipe_or_log_is_plain_lines_without_redraws(capsys, monkeypatch, pytorch_path):
+    """stderr here is not a terminal (pytest captures it): no bar redraws, but a plain line
+    (each of them, with LINE_SECONDS 0)."""
+    from unet_fast.workflow import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    assert main([*TINY_QUICK, "--shape", "1,4,2,2,5,5"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert "bench: 2/4 row (custom fp32 contiguous full fused,eager)" in err
+    assert "bench: 4/4 row (custom2 fp32 contiguous full fused,eager)" in err
+
+
+def test_plain_progress_lines_are_occasional(capsys, monkeypatch):
+    from unet_fast.workflow import progress
+
+    clock = iter([0.0, 1.0, 31.0, 32.0, 62.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    assert list(progress.progress(range(4), desc="epoch 1/1", unit="batch")) == [0, 1, 2, 3]
+    assert capsys.readouterr().err.splitlines() == ["epoch 1/1: 2/4 batch", "epoch 1/1: 4/4 batch"]

@@ -154,6 +154,8 @@ def _break(ckpt, how):
         state[0]["exp_avg"] = torch.zeros(5)
     elif how == "weight-shape":
         ckpt["model"]["out.bias"] = torch.zeros(7)
+    elif how == "short-history":  # epoch 1, but no record of it: metrics.json would lose an epoch
+        ckpt["history"] = ckpt["history"][:-1]
     return ckpt
 
 
@@ -167,6 +169,7 @@ def _break(ckpt, how):
     ("foreign-optimizer", "train.optimizer is for 2 parameters"),
     ("optimizer-shapes", "train.optimizer.state[0].exp_avg is (5,)"),
     ("weight-shape", "model.out.bias has shape (7,)"),
+    ("short-history", "history holds 0 epochs, but epoch is 1"),
 ])
 def test_resume_of_a_damaged_or_foreign_last_pt_is_one_line_naming_the_field(tmp_path, capsys, run_dir,
                                                                              how, field):
@@ -176,7 +179,7 @@ def test_resume_of_a_damaged_or_foreign_last_pt_is_one_line_naming_the_field(tmp
     torch.save(ckpt, out / "last.pt")
     before = tree(out)
     assert_cli_error(capsys, "train", *TINY, "--epochs", "2", "--out", out, "--resume",
-                     contains=["cannot be resumed", field])
+                     contains=[f"checkpoint {out / 'last.pt'} cannot be resumed", field])
     assert tree(out) == before
 
 

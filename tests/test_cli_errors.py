@@ -229,8 +229,8 @@ def test_predict_unwritable_output_and_bad_tiling(tmp_path, capsys, ckpt, image)
 
 
 @pytest.mark.parametrize("options,expected", [
-    (["--alpha", "1.5"], "--alpha is the overlay's opacity and must be in [0, 1], got 1.5"),
-    (["--alpha", "nan"], "--alpha is the overlay's opacity and must be in [0, 1], got nan"),
+    (["--alpha", "1.5"], "--alpha is the opacity inside the overlay's outlines and must be in [0, 1], got 1.5"),
+    (["--alpha", "nan"], "--alpha is the opacity inside the overlay's outlines and must be in [0, 1], got nan"),
     (["--tile", "0"], "--tile must be an integer of at least 16 pixels, got 0"),  # not "no tiling"
     (["--tile", "8"], "--tile must be an integer of at least 16 pixels, got 8"),
     (["--overlap", "32"], "--overlap is the overlap between tiles: it needs --tile"),

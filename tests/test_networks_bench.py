@@ -77,3 +77,24 @@ def test_a_missing_library_is_one_line_naming_the_install(monkeypatch, capsys):
     assert main(["networks", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "dynamic_network_architectures is not installed" in err and 'pip install -e ".[interop]"' in err
+
+
+def test_progress_names_each_network_and_provider_as_it_goes():
+    setting = networks.Setting("meta", "fp32", batch=1, size=64)
+    lines = []
+    networks.measure(setting, repeats=1, warmup=0, threads=1, log=lambda text: None, progress=lines.append)
+    for network in networks.NETWORKS:
+        mine = [line for line in lines if line.startswith(network + ": ")]
+        for provider in networks.PROVIDERS:
+            assert any(f"inference {provider}: median" in line for line in mine), mine
+            assert any(f"train step {provider}: median" in line for line in mine), mine
+    assert lines[0] == "nnunet_3d_fullres: building the unfused and fused models"
+
+
+def test_the_networks_command_prints_progress_on_stderr(capsys, monkeypatch):
+    def measure(setting, *args, progress=None, **kwargs):
+        progress("nnunet_3d_fullres: inference fused: median 1.0 ms")
+        return []
+    monkeypatch.setattr(networks, "measure", measure)
+    assert main(["networks", "--device", "cpu", "--network", "monai_basicunet_3d"]) == 0
+    assert "unet-fast networks: nnunet_3d_fullres: inference fused: median 1.0 ms" in capsys.readouterr().err

@@ -102,3 +102,49 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     fit(tiny_options(tmp_path / "run", epochs=1, samples=8))
     for name in ("last.pt", "best.pt"):
         torch.load(tmp_path / "run" / name, weights_only=True)  # raises if anything needs pickle code
+
+
+def test_metrics_json_records_the_class_count_trained(tmp_path):
+    """The built-in set has 4 classes whatever --num-classes (a --data folder's option) says."""
+    fit(tiny_options(tmp_path / "run", epochs=1, samples=8))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["options"]["num_classes"] == len(metrics["config"]["class_names"]) == 4
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["train"]["args"]["num_classes"] == 4
+
+
+def test_a_class_never_predicted_after_few_steps_gets_a_hint(tmp_path, monkeypatch):
+    """A model whose output bias favours the background by far predicts nothing else after one
+    step at a tiny learning rate: the record lists the other classes, as counted from the
+    model's own predictions on the validation images, and the run ends with the hint."""
+    real_init = train_module.init_weights
+
+    def background_only(model):
+        real_init(model)
+        with torch.no_grad():
+            model.out.bias.copy_(torch.tensor([100.0, 0.0, 0.0, 0.0]))
+    monkeypatch.setattr(train_module, "init_weights", background_only)
+    lines = []
+    result = fit(tiny_options(tmp_path / "run", epochs=1, samples=8, lr=1e-9, log=lines.append))
+    record = result["history"][-1]
+    model, dataset = result["model"].eval(), result["dataset"]
+    with torch.no_grad():
+        predicted = set()
+        for i in result["val_indices"]:
+            image, _ = dataset[i]
+            x = train_module.to_model_input(image.unsqueeze(0))
+            predicted |= set(model(x).argmax(1).unique().tolist())
+    names = result["class_names"]
+    assert record["never_predicted"] == [n for k, n in enumerate(names) if k not in predicted]
+    assert record["never_predicted"] == ["disc", "square", "triangle"]
+    hint = [line for line in lines if line.startswith("hint:")]
+    assert len(hint) == 1 and "disc, square, triangle" in hint[0] and "after 2 optimizer steps" in hint[0]
+    assert "train longer" in hint[0] and "0..3" in hint[0]
+
+
+def test_no_hint_once_every_class_is_predicted_or_after_many_steps():
+    history = [{"never_predicted": []}]
+    assert train_module.untrained_class_hint(history, 10, 4) is None
+    history = [{"never_predicted": ["disc"]}]
+    assert train_module.untrained_class_hint(history, train_module.FEW_STEPS, 4) is None
+    assert "disc" in train_module.untrained_class_hint(history, train_module.FEW_STEPS - 1, 4)

@@ -20,8 +20,9 @@ TF32_TOLERANCE = reference.TOLERANCES[torch.float16][0]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
 
 def _interpreting() -> bool:

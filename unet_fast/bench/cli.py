@@ -25,7 +25,8 @@ import sys
 
 from unet_fast import names
 from unet_fast.errors import InputError
-from unet_fast.workflow.atomic_write import atomic_write, atomic_write_plot, check_report_file
+from unet_fast.workflow.atomic_write import atomic_write, atomic_write_plot, check_report_files
+from unet_fast.workflow.progress import progress
 
 QUICK = dict(batch=1, image_size=128, batch_3d=1, patch_size=32, model_batch=1, model_size=64, dtype="fp32",
              mode="full",
@@ -83,7 +84,8 @@ def add_arguments(parser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write every row, with device, versions, commit, date")
     o.add_argument("--plot", metavar="FILE.png", help="draw speedup bars per case")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar when stderr is a terminal, else a line every 30 s)")
 
 
 def _choices(text, allowed, option, canonical=None):
@@ -146,9 +148,7 @@ def run(args) -> int:
 def _check_up_front(args) -> None:
     """Checked before anything is measured: the output files and the numbers that resolve()
     does not check (a negative warm-up, a bandwidth that is not a positive number)."""
-    for option, path, plot in (("--json", args.json, False), ("--plot", args.plot, True)):
-        if path:
-            check_report_file(path, option, plot=plot)
+    check_report_files([("--json", args.json, False), ("--plot", args.plot, True)])
     if args.warmup is not None and args.warmup < 0:
         raise InputError(f"--warmup must be >= 0, got {args.warmup}")
     if args.bandwidth is not None and not (math.isfinite(args.bandwidth) and args.bandwidth > 0):
@@ -170,7 +170,6 @@ def _bandwidth_floor(args, device, device_name):
 
 def _run(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from unet_fast import cases as C
     from unet_fast.bench import environment, report, runner
@@ -216,8 +215,11 @@ def _run(args) -> int:
                 compile_mode=cfg.compile_mode,
                 options={k: v for k, v in vars(args).items() if not k.startswith("_")})
 
-    print(f"unet-fast bench: {len(jobs)} rows on {meta['device_name']}", file=sys.stderr)
-    with tqdm(total=len(jobs), desc="bench", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
+    print(f"unet-fast bench: {len(jobs)} rows on {meta['device_name']}; the fused op runs: {fused_path}",
+          file=sys.stderr)
+    if device.type == "cpu":
+        print(f"unet-fast bench: {report.CPU_NOTE}", file=sys.stderr)
+    with progress(total=len(jobs), desc="bench", unit="row", enabled=False if args.no_progress else None) as bar:
         rows = runner.run_all(jobs, cfg, progress=bar)
     meta["loadavg_end"] = environment.loadavg()
     print(report.format_bench_table(rows, meta))

@@ -20,6 +20,10 @@ serves every tensor above 64 KiB with its own mapping and returns it when freed:
 follows the live tensors instead of the allocator's cache. (tracemalloc does not see torch's
 allocations.) Linux only; elsewhere the figure is None.
 
+Before any model is built, a size whose training step cannot fit the device's memory is refused
+(training_bytes: a lower bound traced on the meta device). Progress goes to stderr, a line per
+network, mode and provider as each is measured.
+
 The JSON holds `meta` (device, versions, commit, date: environment.metadata) and `networks`, one
 record per network, mode and provider (not `rows`: benchmarks/render_results.py tables only the
 op benchmark's rows).
@@ -39,9 +43,11 @@ from unet_fast.adapters import fuse, fuse_report
 from unet_fast.bench import environment
 from unet_fast.bench.runner import cpu_fast_path
 from unet_fast.bench.timing import time_fn, time_interleaved_cpu
+from unet_fast.cli import positive_int
 from unet_fast.errors import InputError
 from unet_fast.reference import relative_error
 from unet_fast.workflow.atomic_write import atomic_write, check_report_file
+from unet_fast.workflow.distributed import available_memory
 
 NETWORKS = ("nnunet_3d_fullres", "monai_basicunet_3d")
 PROVIDERS = ("unfused", "fused")
@@ -98,9 +104,24 @@ def _proc_kib(field: str):
     return None
 
 
+# Set by _cpu_peak in the child's environment: --memory-child is the parent's way to start it,
+# not an option for people (it measures one provider in a fresh process and prints JSON).
+MEMORY_CHILD_MARKER = "UNET_FAST_NETWORKS_MEMORY_CHILD"
+
+
+def _check_memory_child(args) -> None:
+    network, provider = args.memory_child
+    if os.environ.get(MEMORY_CHILD_MARKER) != "1":
+        raise InputError("--memory-child is internal to `unet-fast networks` (it starts one per provider "
+                         "to measure peak memory); run `unet-fast networks` without it")
+    if network not in NETWORKS or provider not in PROVIDERS:
+        raise InputError(f"--memory-child takes one of {', '.join(NETWORKS)} and one of {', '.join(PROVIDERS)}, "
+                         f"got {network!r} {provider!r}")
+
+
 def memory_child(network: str, provider: str, setting: Setting) -> dict:
     """In this (child) process: one CPU training step's peak resident memory above its start, MiB."""
-    torch.set_num_threads(int(os.environ.get("UNET_FAST_BENCH_THREADS", "1")))
+    torch.set_num_threads(int(os.environ["UNET_FAST_BENCH_THREADS"]))
     model = twins(network, setting)[provider].train()
     step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), setting.input())
     step()  # warm-up: lazily allocated gradients and optimizer state now exist, as in training
@@ -115,7 +136,8 @@ def memory_child(network: str, provider: str, setting: Setting) -> dict:
 def _cpu_peak(network: str, provider: str, setting: Setting, threads: int):
     if not sys.platform.startswith("linux"):
         return None
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", UNET_FAST_BENCH_THREADS=str(threads))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", UNET_FAST_BENCH_THREADS=str(threads),
+               **{MEMORY_CHILD_MARKER: "1"})
     r = subprocess.run([sys.executable, "-m", "unet_fast", "networks", "--memory-child", network, provider,
                         "--size", str(setting.size), "--batch", str(setting.batch), "--dtype", setting.dtype,
                         "--layout", setting.layout], capture_output=True, text=True, env=env, check=False)
@@ -150,20 +172,61 @@ def _time(fns, setting: Setting, warmup: int, repeats: int, rep_ms: int) -> list
     return time_interleaved_cpu(fns, warmup, repeats)
 
 
+def training_bytes(network: str, setting: Setting) -> int:
+    """A lower bound on the memory a run of `network` at `setting` needs, to refuse sizes no device
+    can hold (not a budget: the real need is larger). Traced on the meta device, so nothing is
+    allocated: the output of every convolution and normalisation of one forward, which autograd
+    keeps for the backward of a training step, plus the weights and gradients of the unfused and
+    fused models, which the run holds side by side."""
+    with torch.device("meta"):
+        model = build(network)
+    model = model.to(dtype=names.torch_dtype(setting.dtype))
+    kept = [0]
+
+    def count(module, inputs, output):
+        kept[0] += output.numel() * output.element_size()
+    saved = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, saved)]
+    try:
+        model(torch.empty(setting.batch, 1, setting.size, setting.size, setting.size, device="meta",
+                          dtype=names.torch_dtype(setting.dtype)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return kept[0] + 4 * weights
+
+
+def _check_memory(setting: Setting, chosen) -> None:
+    """InputError, before any model is built, when a training step cannot fit the device."""
+    have = available_memory(setting.device)
+    if have is None:
+        return
+    for network in chosen:
+        need = training_bytes(network, setting)
+        if need > have:
+            raise InputError(f"a training step of {network} on {setting.batch} patch(es) of {setting.size}^3 "
+                             f"({setting.dtype}) needs at least {need / 2**30:.1f} GiB, more than the "
+                             f"{have / 2**30:.1f} GiB {setting.device} has; lower --size or --batch")
+
+
 def measure(setting: Setting, repeats: int, warmup: int, threads: int, networks=NETWORKS, rep_ms: int = 100,
-            log=print) -> list:
+            log=print, progress=None) -> list:
     """One record per network, mode and provider (median and quantiles, peak memory of the
-    training step, the fused model's error against the unfused one)."""
+    training step, the fused model's error against the unfused one). progress(line), if given,
+    hears of each network and provider as it is measured."""
     records = []
     for network in networks:
-        records += _measure_network(network, setting, repeats, warmup, threads, rep_ms)
+        records += _measure_network(network, setting, repeats, warmup, threads, rep_ms,
+                                    progress or (lambda line: None))
         log(format_records(records[-4:]))
     return records
 
 
-def _measure_network(network, setting: Setting, repeats, warmup, threads, rep_ms) -> list:
+def _measure_network(network, setting: Setting, repeats, warmup, threads, rep_ms, progress) -> list:
     """The four records of one network (its models and activations are freed on return)."""
     records = []
+    progress(f"{network}: building the unfused and fused models")
     models = twins(network, setting)
     steps = fuse_report(models["fused"])
     x = setting.input()
@@ -172,15 +235,19 @@ def _measure_network(network, setting: Setting, repeats, warmup, threads, rep_ms
             m.eval()
         err = relative_error(models["fused"](x), models["unfused"](x))
         infer = [(lambda m=models[p]: m(x)) for p in PROVIDERS]
+        progress(f"{network}: timing inference, {' and '.join(PROVIDERS)}")
         stats = _time(infer, setting, warmup, repeats, rep_ms)
     for p, s in zip(PROVIDERS, stats):
         records.append(dict(network=network, mode="inference", provider=p, **s))
+        progress(f"{network}: inference {p}: median {s['median_ms']:.1f} ms")
     records[-1]["relative_error_vs_unfused"] = err
     for m in models.values():
         m.train()
     train = [_train_step(models[p], torch.optim.SGD(models[p].parameters(), lr=1e-3), x) for p in PROVIDERS]
+    progress(f"{network}: timing the training step, {' and '.join(PROVIDERS)}")
     stats = _time(train, setting, warmup, repeats, rep_ms)
     for p, fn, s in zip(PROVIDERS, train, stats):
+        progress(f"{network}: train step {p}: median {s['median_ms']:.1f} ms; measuring its peak memory")
         records.append(dict(network=network, mode="train_step", provider=p,
                             peak_memory=peak_train_memory(network, p, fn, setting, threads), **s))
     for r in records:
@@ -210,8 +277,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="CPU: timed calls per provider (3)")
     parser.add_argument("--warmup", type=int, default=1, help="CPU: warm-up calls per provider (1)")
     parser.add_argument("--rep-ms", type=int, default=100, help="GPU: do_bench's rep time in ms (100)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per free core)")
-    parser.add_argument("--network", action="append", choices=NETWORKS, help="default: all")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads (default: one per free core)")
+    parser.add_argument("--network", action="append", choices=NETWORKS,
+                        help="a network to run; repeatable (default: all)")
     parser.add_argument("--json", metavar="FILE", help="write {meta, networks} here")
     parser.add_argument("--memory-child", nargs=2, metavar=("NETWORK", "PROVIDER"), help=argparse.SUPPRESS)
 
@@ -237,12 +306,15 @@ def _setting(args) -> Setting:
 
 
 def run(args) -> int:
+    if args.memory_child:
+        _check_memory_child(args)
     setting = _setting(args)
     if args.memory_child:
         print(json.dumps(memory_child(*args.memory_child, setting)))
         return 0
     if args.json:
         check_report_file(args.json, "--json")
+    _check_memory(setting, args.network or NETWORKS)
     versions = _library_versions()
     saved_threads = torch.get_num_threads()
     threads, why = ((args.threads, "--threads") if args.threads else
@@ -261,7 +333,8 @@ def run(args) -> int:
                 command=_command(args, setting), **versions)
     try:
         with cpu_fast_path(setting.device):  # the PyTorch path on the CPU, even under TRITON_INTERPRET=1
-            records = measure(setting, args.repeats, args.warmup, threads, args.network or NETWORKS, args.rep_ms)
+            records = measure(setting, args.repeats, args.warmup, threads, args.network or NETWORKS, args.rep_ms,
+                              progress=lambda line: print(f"unet-fast networks: {line}", file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(saved_threads)
     common = {k: meta[k] for k in ("device", "device_name", "torch", "triton", "commit", "date")}

@@ -17,6 +17,11 @@ def _shape_line(shapes: dict) -> str:
     return "  ".join(f"{k} {list(v) if isinstance(v, (list, tuple)) else v}" for k, v in shapes.items())
 
 
+# Said with every CPU run: its numbers show that the harness works, not how fast the product is.
+CPU_NOTE = ("CPU figures: the fused op's PyTorch path against eager PyTorch on this CPU; they are not the "
+            "product's GPU figures (those come from `unet-fast bench` on a CUDA GPU)")
+
+
 def header_lines(meta: dict) -> list:
     floor = meta.get("ceiling_gbps")
     floor_text = (f"{floor:.0f} GB/s ({meta.get('ceiling_source', '')})" if floor
@@ -27,6 +32,7 @@ def header_lines(meta: dict) -> list:
             f"input sets rotated: {meta.get('n_sets', '?')}"
             + (f"   threads: {meta['threads']} ({meta.get('threads_reason', '')})"
                if meta.get("device") == "cpu" else ""),
+            *([CPU_NOTE] if meta.get("device") == "cpu" else []),
             f"bandwidth floor (100%): {floor_text}"
             + (f"   load average {meta['loadavg_start']} at start"
                + (f", {meta['loadavg_end']} at end" if meta.get("loadavg_end") is not None else "")

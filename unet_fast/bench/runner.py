@@ -78,10 +78,12 @@ def cpu_fast_path(device: torch.device):
 
 
 def fused_path_name(device: torch.device) -> str:
+    """Which implementation the fused provider runs on `device`: "Triton compiled" (a GPU),
+    "Triton interpreter" (the CPU under TRITON_INTERPRET=1) or "PyTorch path"."""
     probe = torch.empty(0, device=device)
     if not uses_triton(probe):
         return "PyTorch path"
-    return "Triton" if device.type == "cuda" else "Triton interpreter"
+    return "Triton compiled" if device.type == "cuda" else "Triton interpreter"
 
 
 class _StepBench:

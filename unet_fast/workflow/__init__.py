@@ -9,5 +9,7 @@
 - distributed.py   devices and DistributedDataParallel
 - metrics.py       loss, Dice and IoU
 - overlay.py, plots.py   the PNG outputs
-- atomic_write.py  every file written to a temporary and renamed, so none is half-written
+- atomic_write.py  every file written to a temporary and renamed, so none is half-written; a FIFO
+                   or character device written through, never replaced
+- progress.py      progress bars on a terminal, plain occasional lines elsewhere
 """

@@ -13,13 +13,19 @@ makes a file ours: a user's `.draft.4000000.notes_v2.tmp` looks like a temporary
 never touched.
 
 A file that is replaced keeps its permission bits and group (a `chmod 600` checkpoint stays
-private after `--resume`); a new file gets the mode the umask gives. A symbolic link at the
-destination is replaced by the file, never written through.
+private after `--resume`); a new file gets the mode the umask gives. A symbolic link to a regular
+file at the destination is replaced by the file, never written through.
+
+A destination that is a stream, not a file -- a FIFO, a character device such as /dev/null, or
+one of this process's own descriptors (/dev/stdout, /dev/fd/N, /proc/self/fd/N), directly or
+through symbolic links -- is written through: opened and written, never replaced. Replacing it
+would lose what it is (as root, `--json /dev/null` would put a regular file at /dev/null).
 """
 import errno
 import os
 import re
 import stat
+import sys
 import tempfile
 from typing import Callable, Iterable, Optional
 
@@ -36,8 +42,12 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) to fill a temporary file next to `path`, then rename it to `path`.
 
     The temporary file is removed if write() raises; the destination is never half-written.
+    A stream destination (stream_kind) gets the finished bytes written through instead.
     """
     path = os.fspath(path)
+    if stream_kind(path):
+        _write_through(path, write)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
@@ -59,6 +69,87 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
         if isinstance(e, OSError):
             raise InputError(f"cannot write {path}: {one_line(e)}") from e
         raise
+
+
+# /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N, /proc/PID/fd/N.
+_DESCRIPTOR_PATH = re.compile(r"^/(?:dev/(?:std(?P<std>in|out|err)|fd/(?P<fd>\d+))"
+                              r"|proc/(?:self|(?P<pid>\d+))/fd/(?P<pfd>\d+))$")
+_STANDARD = {"in": 0, "out": 1, "err": 2}
+
+
+def own_descriptor(path) -> Optional[int]:
+    """The descriptor of this process that `path` names, directly or through symbolic links
+    (/dev/stdout, /dev/fd/N, /proc/self/fd/N), or None. Checked link by link: the last link of
+    /proc/self/fd/1 points at `pipe:[...]` or at whatever file the shell redirected to."""
+    path = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        match = _DESCRIPTOR_PATH.match(path)
+        if match:
+            if match["pid"] and int(match["pid"]) != os.getpid():
+                return None
+            return _STANDARD[match["std"]] if match["std"] else int(match["fd"] or match["pfd"])
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a link (or gone): a plain path
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return None
+
+
+def stream_kind(path) -> Optional[str]:
+    """"descriptor N", "FIFO" or "character device" when `path` is a stream written through,
+    else None (a regular file, a link to one, a new path, anything else)."""
+    descriptor = own_descriptor(path)
+    if descriptor is not None:
+        return f"descriptor {descriptor}"
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to /dev/null is a character device
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    return None
+
+
+def _open_stream(path: str) -> int:
+    """A write descriptor on the stream `path` names; never creates or truncates anything."""
+    descriptor = own_descriptor(path)
+    if descriptor is not None:
+        for stream in (sys.stdout, sys.stderr):  # what was printed before comes out before
+            try:
+                if stream is not None and stream.fileno() == descriptor:
+                    stream.flush()
+            except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
+                pass
+        return os.dup(descriptor)
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):  # replaced by a file since it was checked
+        os.close(fd)
+        raise OSError(errno.EEXIST, "it is no longer a FIFO or a character device")
+    return fd
+
+
+def _write_through(path: str, write: Callable[[str], None]) -> None:
+    """write() fills a private temporary file; its bytes then go to the stream `path` in one
+    pass, so a reader never sees an output that failed half-way."""
+    with tempfile.TemporaryDirectory(prefix=TEMPORARY_MARKER) as folder:
+        tmp = os.path.join(folder, "output")
+        write(tmp)
+        with open(tmp, "rb") as f:
+            data = f.read()
+    try:
+        fd = _open_stream(path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {one_line(e)}") from e
 
 
 def _take_mode(tmp: str, path: str) -> None:
@@ -253,23 +344,84 @@ def plot_formats() -> Iterable[str]:
 
 def check_report_file(path, option: str, plot: bool = False) -> str:
     """InputError, before any work, for a report file that could not be written at the end:
-    a folder, a missing or unwritable parent folder, or (plot=True) an extension matplotlib
-    cannot draw. Nothing is created."""
+    a name ending in a slash, a folder, a missing or unwritable parent folder, a socket or block
+    device, a stream (stream_kind) that cannot be written, or (plot=True) an extension
+    matplotlib cannot draw. Nothing is created or opened."""
     path = os.fspath(path)
+    if path.endswith(("/", os.sep)):
+        raise InputError(f"{option} {path} ends with a slash, which names a folder; give a file name")
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: folder {folder} is not writable")
+    kind = stream_kind(path)
+    if kind:
+        _check_stream(path, option, kind)
+    else:
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise InputError(f"{option} {path} is neither a regular file nor a FIFO or character "
+                             "device; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise InputError(f"{option} {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path}: folder {folder} is not writable")
     if plot:
         ext = os.path.splitext(path)[1].lstrip(".").lower()
         formats = plot_formats()
-        if ext not in formats:
+        if ext not in formats and not (kind and not ext):  # a stream without one gets a PNG
             raise InputError(f"{option} {path}: cannot draw a {'.' + ext if ext else 'file without an extension'}"
                              f"; use one of {', '.join('.' + f for f in formats)}")
     return path
+
+
+def _check_stream(path: str, option: str, kind: str) -> None:
+    descriptor = own_descriptor(path)
+    if descriptor is None:
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option} {path}: the {kind} is not writable")
+        return
+    try:
+        flags = _descriptor_flags(descriptor)
+    except OSError:
+        raise InputError(f"{option} {path}: descriptor {descriptor} is not open") from None
+    if flags is not None and flags & os.O_ACCMODE == os.O_RDONLY:
+        raise InputError(f"{option} {path}: descriptor {descriptor} is open for reading only")
+
+
+def _descriptor_flags(descriptor: int) -> Optional[int]:
+    """The open flags of `descriptor` (None where fcntl does not exist); OSError if it is closed."""
+    os.fstat(descriptor)
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl.fcntl(descriptor, fcntl.F_GETFL)
+
+
+def check_report_files(outputs) -> None:
+    """check_report_file for each (option, path, plot) given (path None: not asked for), then an
+    InputError if two options name the same file, however spelled (`x.json`, `./x.json`, a link
+    to it): the second write would replace the first."""
+    given = [(option, os.fspath(path), plot) for option, path, plot in outputs if path]
+    for option, path, plot in given:
+        check_report_file(path, option, plot=plot)
+    for i, (option, path, _) in enumerate(given):
+        for other, other_path, _ in given[:i]:
+            if _same_file(path, other_path):
+                raise InputError(f"{other} {other_path} and {option} {path} are the same file; "
+                                 "give each output its own")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: the real paths decided
+        return False
 
 
 def atomic_write_plot(path, draw: Callable) -> None:

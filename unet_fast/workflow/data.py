@@ -189,8 +189,11 @@ def pixel_limit() -> Optional[int]:
     text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
     if not text:
         return Image.MAX_IMAGE_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise InputError(f"{PIXEL_LIMIT_VARIABLE} must be a positive number of pixels, got {text!r}")
+    # ASCII digits only: str.isdigit() also takes '١٠٠' (which int() reads as 100) and '²' (which it
+    # refuses), so a limit nobody meant would end up blamed on the image.
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InputError(f"{PIXEL_LIMIT_VARIABLE} must be a positive whole number of pixels written with "
+                         f"the digits 0-9, got {text!r}")
     return int(text)
 
 
@@ -344,15 +347,15 @@ class FolderSegmentation(torch.utils.data.Dataset):
 
     def __init__(self, root: str, num_classes: int, class_names: Optional[Sequence[str]] = None,
                  size: Optional[Tuple[int, int]] = None, progress: Optional[bool] = None):
-        from tqdm import tqdm
+        from unet_fast.workflow.progress import progress as progress_bar
 
         self.root, self.size = root, tuple(size) if size else None
         self.class_names = (check_class_names(class_names, num_classes, "--class-names") if class_names
                             else [f"class{i}" for i in range(num_classes)])
         self.pairs = find_pairs(root)
         self._sizes = []
-        for image_path, mask_path in tqdm(self.pairs, desc="checking data", unit="image",
-                                          leave=False, disable=not progress if progress is not None else None):
+        for image_path, mask_path in progress_bar(self.pairs, enabled=progress, desc="checking data",
+                                                  unit="image", leave=False):
             image = read_image(image_path)
             mask = mask_array(mask_path)
             if mask.shape != (image.height, image.width):

@@ -72,11 +72,42 @@ def available_memory(device: torch.device) -> Optional[int]:
         return None
 
 
+def _env_int(name: str, default: int, low: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    # ASCII digits only: int() would also read '١' (Arabic-Indic one) as 1.
+    if not (text.isascii() and text.lstrip("+").isdigit()) or int(text) < low:
+        raise InputError(f"environment variable {name}={os.environ[name]!r} must be a whole number "
+                         f">= {low}; torchrun sets it (unset it to run as one process)")
+    return int(text)
+
+
+def launch_environment() -> tuple:
+    """(world_size, rank, local_rank) from torchrun's variables, each checked: InputError naming
+    the variable for a value that is not a whole number, RANK >= WORLD_SIZE, or WORLD_SIZE > 1
+    without the rendezvous address (MASTER_ADDR, MASTER_PORT) that only a launcher provides."""
+    world_size = _env_int("WORLD_SIZE", 1, 1)
+    rank = _env_int("RANK", 0, 0)
+    local_rank = _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world_size:
+        raise InputError(f"environment variable RANK={rank} must be below WORLD_SIZE={world_size}")
+    if local_rank >= world_size:
+        raise InputError(f"environment variable LOCAL_RANK={local_rank} must be below WORLD_SIZE={world_size}")
+    if world_size > 1:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
+        if missing:
+            raise InputError(f"WORLD_SIZE={world_size} asks for {world_size} processes, but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun "
+                             f"(torchrun --nproc_per_node={world_size} -m unet_fast train ...), or unset "
+                             "WORLD_SIZE to run as one process")
+        _env_int("MASTER_PORT", 0, 1)
+    return world_size, rank, local_rank
+
+
 def setup(device_name: Optional[str]) -> Context:
     """Join the process group if torchrun started us; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = launch_environment()
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":

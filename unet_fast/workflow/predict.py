@@ -1,8 +1,9 @@
 """Predict segmentation masks with a trained checkpoint; writes mask and overlay PNGs per image.
 
 For each IMAGE, OUT/NAME_mask.png (palette PNG holding the class indices) and
-OUT/NAME_overlay.png (the class colours laid over the image), at the image's own size (as
-displayed: EXIF orientation applied). Files already in OUT are never replaced without --overwrite.
+OUT/NAME_overlay.png (each class's outline drawn over the image at its own size, as displayed:
+EXIF orientation applied, with a legend strip naming the classes below it). Files already in
+OUT are never replaced without --overwrite.
 
   unet-fast predict runs/demo/best.pt a.png b.jpg --out predictions
   unet-fast predict CHECKPOINT huge.tif --tile 512 --overlap 128 --out predictions
@@ -269,8 +270,9 @@ def add_arguments(parser) -> None:
                         help="images (or tiles) per forward pass (default %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None, help="mixed precision")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="overlay opacity, 0 to 1 (default %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.0,
+                        help="opacity of each class's colour inside its outline in NAME_overlay.png, 0 to 1 "
+                             "(default %(default)s: outlines only)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace NAME_mask.png / NAME_overlay.png files already in --out")
 
@@ -297,7 +299,7 @@ def _output_paths(out: str, images: Sequence[str]) -> List[Tuple[str, str]]:
 
 def _check_alpha(alpha: float) -> None:
     if not 0 <= alpha <= 1:  # NaN fails too
-        raise InputError(f"--alpha is the overlay's opacity and must be in [0, 1], got {alpha}")
+        raise InputError(f"--alpha is the opacity inside the overlay's outlines and must be in [0, 1], got {alpha}")
 
 
 def run(args) -> int:

@@ -30,7 +30,9 @@ from unet_fast.errors import InputError, Interrupted
 from unet_fast.workflow.metrics import (check_class_names, confusion_matrix, format_scores, scores,
                                        segmentation_loss)
 from unet_fast.models.unet import UNet
+from unet_fast.ops.up_concat_op import env_flag
 from unet_fast.workflow.plots import plot_curves
+from unet_fast.workflow.progress import progress as progress_bar
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Options that shape the data stream or the optimisation: a resumed run that changes one of
@@ -64,7 +66,7 @@ class TrainOptions:
     overwrite: bool = False          # replace an earlier run's files in `out` (else InputError)
     seed: int = 0
     workers: int = 0
-    progress: Optional[bool] = None  # tqdm bars; None: only when stderr is a terminal
+    progress: Optional[bool] = None  # tqdm bars; None: when stderr is a terminal, else plain lines
     log: Callable[[str], None] = field(default=print, repr=False)
 
     def record(self) -> dict:
@@ -127,6 +129,10 @@ def _check_options(opts: TrainOptions) -> None:
     if opts.workers < 0:
         raise InputError(f"--workers must be >= 0, got {opts.workers}")
     check_seed(opts.seed)
+    try:  # read at the first forward: a bad value would stop the run after --out was made
+        env_flag("UNET_FAST_DISABLE_TRITON")
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if opts.class_names is not None:
         check_class_names(opts.class_names, opts.num_classes, "--class-names")
 
@@ -200,10 +206,7 @@ def _loaders(opts, dataset, ctx, train_idx, val_idx):
 
 
 def _bar(iterable, enabled, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(iterable, disable=None if enabled is None else not enabled, leave=False,
-                dynamic_ncols=True, **kwargs)
+    return progress_bar(iterable, enabled=enabled, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def _batch(opts, ctx, images, masks):
@@ -418,7 +421,23 @@ def _epoch_record(model, val_loader, opts, ctx, class_names, progress, loss_sum,
     if sums[3] > 0:
         record["val_loss"] = (sums[2] / sums[3]).item()
         record.update(scores(confusion, class_names))
+        # Column sums of the [true, predicted] matrix: the pixels predicted as each class.
+        record["never_predicted"] = [name for name, n in zip(class_names, confusion.sum(0).tolist()) if n == 0]
     return record
+
+
+# Below this many optimizer steps, a class the model never predicts is most likely undertrained.
+FEW_STEPS = 1000
+
+
+def untrained_class_hint(history: list, step: int, num_classes: int) -> Optional[str]:
+    """A hint when the last validation never predicted some class after few optimizer steps."""
+    missing = history[-1].get("never_predicted") if history else None
+    if not missing or step >= FEW_STEPS:
+        return None
+    return (f"hint: after {step} optimizer steps the model never predicts {', '.join(missing)} on the "
+            "validation images; train longer (--epochs), give it more data (--samples or more "
+            f"images), or check that the masks hold the class indices 0..{num_classes - 1}")
 
 
 def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
@@ -512,6 +531,10 @@ def _fit(opts: TrainOptions, ctx: distributed.Context, held: list) -> dict:
 
     if start_epoch >= opts.epochs:
         log(f"{resume_path} already trained for {start_epoch} epochs (--epochs {opts.epochs}): nothing to do")
+    else:
+        hint = untrained_class_hint(history, step, num_classes)
+        if hint:
+            log(hint)
     return {"history": history, "best": best, "paths": paths, "model": model, "class_names": class_names,
             "dataset": dataset, "val_indices": val_idx, "context": ctx,
             "epochs_run": max(0, opts.epochs - start_epoch)}
@@ -525,14 +548,20 @@ def _save_checkpoints(paths, model, optimizer, scaler, opts, ctx, config, epoch,
     if improved:
         checkpoint.save(paths["best"], payload)
     payload["train"] = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "step": step, "rng": checkpoint.rng_state(), "args": opts.record(),
+                        "step": step, "rng": checkpoint.rng_state(), "args": _options_record(opts, config),
                         "world_size": ctx.world_size}
     checkpoint.save(paths["last"], payload)
 
 
+def _options_record(opts: TrainOptions, config: dict) -> dict:
+    """opts.record() with the class count the run trained (the built-in set has its own 4;
+    opts.num_classes describes a --data folder and stays at its default otherwise)."""
+    return dict(opts.record(), num_classes=len(config["class_names"]))
+
+
 def _save_records(paths, config, opts, history, best, class_names) -> None:
     """metrics.json and curves.png, each atomically."""
-    metrics = {"config": config, "options": opts.record(), "epochs": history, "best": best}
+    metrics = {"config": config, "options": _options_record(opts, config), "epochs": history, "best": best}
     atomic_write_text(paths["metrics"], json.dumps(_json_safe(metrics), indent=2) + "\n")
     plot_curves(history, class_names, paths["curves"])
 
@@ -573,8 +602,10 @@ def add_arguments(parser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW weight decay (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the split, the weights, the augmentation and the shuffling (default 0)")
     g = parser.add_argument_group("hardware and output")
     g.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None, help="mixed precision")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -585,7 +616,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its checkpoints, metrics and curves)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="tqdm progress bars (default: when stderr is a terminal)")
+                   help="tqdm progress bars (default: when stderr is a terminal; elsewhere a plain line "
+                        "every 30 s)")
 
 
 def options_from_args(args) -> TrainOptions:
