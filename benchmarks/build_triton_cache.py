@@ -1,6 +1,6 @@
 """Compile recorded kernel specializations into a Triton cache, with Triton alone (no torch).
 
-    python benchmarks/build_triton_cache.py PLAN.json CACHE_DIR    # here, before a GPU session
+    python benchmarks/build_triton_cache.py PLAN.json CACHE_DIR    # here, before a GPU run
     python benchmarks/build_triton_cache.py --relocate CACHE_DIR   # there, before the first launch
     python benchmarks/build_triton_cache.py --identity [CACHE_DIR] # this Triton's identity, and the cache's
 

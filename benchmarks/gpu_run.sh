@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The one command a GPU session runs, once, first: about 8 minutes of measuring on a warm H100.
+# The one command a GPU machine runs, once, first: about 8 minutes of measuring on a warm H100
+# (benchmarks/README.md).
 #
-#   bash benchmarks/gpu_run.sh             on the GPU machine (device tool: carry .triton-cache
-#                                          and .interop-wheels)
+#   bash benchmarks/gpu_run.sh             on the GPU machine (copy .triton-cache and
+#                                          .interop-wheels there with the checkout)
 #   bash benchmarks/gpu_run.sh --dry-run   here, before: builds both, prints the plan, counts the
 #                                          launches the built cache would miss
 #
-# Parts, in order of value; each writes its files into $OUT (the folder the device tool hands
-# back) the moment it ends, so a run cut short still returns what it finished, and a part that
+# Parts, in order of value; each writes its files into $OUT (the folder to bring back from the
+# GPU machine) the moment it ends, so a run cut short still returns what it finished, and a part that
 # cannot finish inside the budget (GPU_RUN_BUDGET_S, default 480 s) is not started:
 #   1 env       versions, nvidia-smi, the Triton cache's identity against this Triton's, unet-fast check
 #               and how many of its kernels the carried cache held
@@ -134,7 +135,7 @@ for part in ("env", "tests", "steps", "model", "networks"):
     else:
         print(f"  {part:9s}    - not recorded here: what it launches beyond the parts above compiles on the GPU")
 PY
-    echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); carry it: run(carry=[\".triton-cache\", \".interop-wheels\"])"
+    echo "in .triton-cache: $(count_our_kernels) kernels, $(count_launchers) launchers ($(du -sh .triton-cache | cut -f1)); copy it and .interop-wheels to the GPU machine with the checkout"
     echo "the cache's identity (the env part on the GPU prints the same lines for its Triton):"
     TRITON_PTXAS_PATH="" "$cc/bin/python" - <<'PY'
 import json
@@ -177,7 +178,7 @@ fi
 
 TRITON_PTXAS_PATH=$(triton_ptxas)
 export TRITON_PTXAS_PATH
-OUT=${OUT:-$REPO/benchmarks/results/gpu-run-$(date -u +%Y%m%d-%H%M%S)}  # the device tool sets OUT
+OUT=${OUT:-$REPO/benchmarks/results/gpu-run-$(date -u +%Y%m%d-%H%M%S)}  # the folder the files go to (OUT=DIR to choose)
 mkdir -p "$OUT"
 LOG=$OUT/gpu_run.log
 STATE=$(mktemp -d)
@@ -304,7 +305,8 @@ tests_part() {
     need_cuda || return 1
     # The unet_fast.fuse tests need MONAI and nnU-Net's libraries, which the GPU machine lacks
     # (and none of them is marked gpu): left out rather than failing at import.
-    python3 -m pytest tests -m gpu -q -p no:cacheprovider --ignore-glob="tests/test_fuse_*"
+    # -o addopts="": pytest.ini's options name pytest-xdist and pytest-benchmark (not on the GPU machine).
+    python3 -m pytest tests -m gpu -q -p no:cacheprovider -o addopts="" --ignore-glob="tests/test_fuse_*"
 }
 
 export OUT

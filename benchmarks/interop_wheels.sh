@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of the libraries unet_fast.fuse serves, at the versions CI tests, into DIR (default
 # .interop-wheels, git-ignored). The GPU machines reach no registry: `gpu_run.sh --dry-run` makes
-# this folder, the device tool carries it, and the run's networks part installs from it with
+# this folder, it is copied to the GPU machine with the checkout, and the run's networks part installs from it with
 # --no-index --no-deps (the three are pure Python; torch and numpy are already there).
 #   bash benchmarks/interop_wheels.sh [DIR]
 set -euo pipefail

@@ -36,6 +36,12 @@ WATERFALL = (("eager fp32", "eager", "eager", "fp32", "contiguous"),
 
 
 STATIC = "static analysis"
+# Runs of code that has changed since: kept for benchmarks/NOTES.md's history, never tabled (every
+# figure in RESULTS.md is one of the current code). The file name and why it no longer applies.
+SUPERSEDED = {
+    "cpu-epyc-1thread-20261125-8002631ff8ab.json":
+        "the 2-D steps' PyTorch path before the N-d rewrite of commit 4c05be3",
+}
 
 
 def load():
@@ -58,8 +64,10 @@ def static_section(doc) -> list:
     """One line per arch, kernel, dtype and layout of a `unet-fast kernels` report: the configs
     the autotuner may launch and the worst of them."""
     meta = doc["meta"]
+    arches = " ".join(f"--arch {a}" for a in meta.get("arches", ()))
     md = [f"From `{doc['file']}`: {meta['kind']}. Triton {meta['triton']}, commit {meta['commit']}, "
-          f"{meta['date']}; spill bound {meta['max_spill']} bytes; problems: {len(meta['problems'])}.", "",
+          f"{meta['date']}; spill bound {meta['max_spill']} bytes; problems: {len(meta['problems'])}. "
+          f"Command: `unet-fast kernels {arches} --json benchmarks/{doc['file']}`.", "",
           "Every step of the report together (2-D and 3-D); the byte model's worst ratio of bytes moved to "
           "the compulsory floor is modelled, not measured. weight_reduce's own floor is dW alone (kilobytes): "
           "its ratio reads large, but the split-K partials it sums are capped at 5% of the weight-gradient "
@@ -90,10 +98,10 @@ def _key(r):
 
 
 def merge(docs):
-    """One document per device: a GPU session runs the harness in stages (each under the device
-    tool's 10-minute limit), one JSON file each. Rows are merged, a later run replacing an
-    earlier row with the same case/dtype/layout/mode/provider, and the speedups recomputed over
-    the merged eager rows (a stage without eager rows has none of its own)."""
+    """One document per device: a GPU run (benchmarks/gpu_run.sh) runs the harness in parts, one
+    JSON file each. Rows are merged, a later run replacing an earlier row with the same
+    case/dtype/layout/mode/provider, and the speedups recomputed over the merged eager rows (a
+    part without eager rows has none of its own)."""
     by_device = {}
     for doc in sorted(docs, key=lambda d: d["meta"]["date"]):
         by_device.setdefault((doc["meta"]["device"], doc["meta"]["device_name"]), []).append(doc)
@@ -132,6 +140,34 @@ def cell(r, key="median_ms", fmt=ms):
     return fmt(r[key])
 
 
+# Options `unet-fast bench --json` records that say nothing about what was measured.
+_NOT_REPEATED = ("command", "no_progress", "plot")
+
+
+def bench_command(options, json_path=None) -> str:
+    """The `unet-fast bench` command line that repeats a run, rebuilt from the options its JSON
+    records (meta.options): every option that was set, under its own flag (--json json_path when
+    given)."""
+    if not options:
+        return "not recorded"
+    options = dict(options, **({"json": json_path} if json_path else {}))
+    words = ["unet-fast", "bench"]
+    for key, value in options.items():
+        if key in _NOT_REPEATED or value is None or value is False or value == []:
+            continue
+        if key == "rep_ms" and options.get("device") == "cpu":  # GPU timing only
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif key == "shape":
+            for shape in value:
+                words += [flag, ",".join(map(str, shape))]
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
 def conditions(merged):
     lines = []
     for doc in merged["files"]:
@@ -143,7 +179,8 @@ def conditions(merged):
                      f"Bandwidth floor (100%): {floor}; measured copy {m['measured_copy_gbps']:.1f} GB/s."
                      + (f" Load average {m['loadavg_start']} at start, {m.get('loadavg_end')} at end "
                         f"({m['cpu_count']} cores)."
-                        if m.get("loadavg_start") is not None and m["device"] == "cpu" else ""))
+                        if m.get("loadavg_start") is not None and m["device"] == "cpu" else "")
+                     + f" Command: `{bench_command(m.get('options'))}`.")
     return "\n".join(lines)
 
 
@@ -254,7 +291,20 @@ def networks_section(doc) -> list:
     return md
 
 
+def superseded_section(docs) -> list:
+    if not docs:
+        return []
+    md = ["## Superseded runs (not tabled)", ""]
+    for doc in docs:
+        name = os.path.basename(doc["file"])
+        md.append(f"- `{doc['file']}` measured {SUPERSEDED[name]}; repeat it on the current code with "
+                  f"`{bench_command(doc['meta'].get('options'), 'benchmarks/results/NEW-FILE.json')}`.")
+    return md + [""]
+
+
 def render(docs) -> str:
+    superseded = [d for d in docs if os.path.basename(d["file"]) in SUPERSEDED]
+    docs = [d for d in docs if d not in superseded]
     networks = [d for d in docs if "networks" in d]
     static = [d for d in docs if d not in networks and d["meta"].get("kind", "").startswith(STATIC)]
     docs = merge([d for d in docs if d not in static and d not in networks])
@@ -262,7 +312,7 @@ def render(docs) -> str:
     cpu = [d for d in docs if d["meta"]["device"] == "cpu"]
     md = ["# unet_fast benchmark results", "",
           "Generated by `python benchmarks/render_results.py` from `benchmarks/results/*.json` "
-          "(written by `unet-fast bench --json`); do not edit by hand. Bytes are compulsory traffic "
+          "(written by `unet-fast bench --json FILE`); do not edit by hand. Bytes are compulsory traffic "
           "(unet_fast/bench/roofline.py); % floor is achieved GB/s over the device's copy ceiling; "
           "speedups are over the eager PyTorch reference (unet_fast.reference) with the same dtype, "
           "layout and mode.", "", "## GPU", ""]
@@ -282,7 +332,7 @@ def render(docs) -> str:
             md += [f"![speedup over eager]({f['file'][:-5]}.png)" for f in doc["files"]
                    if os.path.exists(os.path.join(HERE, f["file"][:-5] + ".png"))] + [""]
     md += ["## Static analysis: the kernels compiled for the GPU on a CPU (not run, not timed)", "",
-           "Written by `unet-fast kernels --json` (README: The GPU path without a GPU). Registers "
+           "Written by `unet-fast kernels --json FILE` (benchmarks/README.md). Registers "
            "and spills from `ptxas -v`, shared memory from the compiled kernel; no number here is a "
            "speed.", ""]
     for doc in static:
@@ -307,6 +357,7 @@ def render(docs) -> str:
         md += networks_section(doc) + [""]
     if not networks:
         md += ["No whole-network run recorded.", ""]
+    md += superseded_section(superseded)
     return "\n".join(md).rstrip() + "\n"
 
 

@@ -5,7 +5,7 @@ shapes, nnU-Net's 3-D steps as the run times them, an empty batch and UNet again
 ReferenceUNet, forward and backward against the float64 reference, compiled by Triton for that
 GPU (torch.compile of UNet is tests/test_registration.py's gpu-marked test). On the CPU the same
 tests run the kernels under Triton's interpreter at small sizes (a few channels, a few pixels),
-so a CPU run proves the tests themselves before a rare GPU session spends minutes on them.
+so a CPU run proves the tests themselves before a rare GPU run spends minutes on them.
 """
 import pytest
 import torch

@@ -96,7 +96,9 @@ def record_env(_options) -> int:
 
 def record_tests(options) -> int:
     import pytest
-    args = ["tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--ignore-glob=tests/test_fuse_*",
+    # As gpu_run.sh's tests part runs them: in this process (the plugin above), without pytest.ini's
+    # addopts (pytest-xdist workers would not see the plugin).
+    args = ["tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--ignore-glob=tests/test_fuse_*",
             "-W", "ignore"] + list(options.pytest_args)
     return int(pytest.main(args, plugins=[_TestsAtGpuSizes()]))
 
