@@ -3,6 +3,7 @@
 No Triton import here, so the PyTorch path works where Triton is missing.
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 # Tests set this to True: every result buffer then starts as NaN, so an element that a kernel
 # forgets to write fails the comparison instead of passing on leftover memory.
@@ -14,9 +15,16 @@ CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The memory format the result keeps: channels_last (channels_last_3d for volumes) when x is
-    channels-last and not also contiguous, else contiguous."""
+    channels-last, else contiguous.
+
+    An x that is both (size-1 dims: [N, C, 1, 1], or C == 1) is read by its strides, as PyTorch's
+    suggest_memory_format reads it, so the result is laid out as nn.ConvTranspose2d/3d lays out
+    its own: channels_last for the strides torch.empty(..., memory_format=channels_last) gives,
+    contiguous for torch.randn's."""
     fmt = CHANNELS_LAST.get(x.dim())
-    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+    if fmt is None or not x.is_contiguous(memory_format=fmt):
+        return torch.contiguous_format
+    if not x.is_contiguous() or suggest_memory_format(x) == fmt:
         return fmt
     return torch.contiguous_format
 

@@ -18,9 +18,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from unet_fast.ops import torch_path
+from unet_fast.ops import autodiff, torch_path
 from unet_fast.ops.layout import output_memory_format, step_shapes
-from unet_fast.ops.validation import check_up_concat_args
+from unet_fast.ops.validation import check_up_concat_args, check_up_concat_backward_args, check_up_concat_types
 
 try:
     from unet_fast.kernels import common as _triton_common
@@ -64,7 +64,13 @@ def uses_triton(t: Tensor) -> bool:
 def forward_impl(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool,
                  skip_first: bool) -> Tensor:
     """The op's forward on real tensors (its CPU and CUDA kernel): the Triton kernels or the
-    PyTorch path, as `uses_triton` decides."""
+    PyTorch path, as `uses_triton` decides, after the argument checks (a direct
+    torch.ops.unet_fast.up_concat call is checked too)."""
+    check_up_concat_args(x, skip, weight, bias, relu, skip_first)
+    if any(autodiff.has_tangent(t) for t in (x, skip, weight, bias)):
+        # Reached only by a direct op call: up_concat runs its composite under forward-mode AD.
+        raise RuntimeError("unet_fast::up_concat has no forward-mode derivative: call unet_fast.up_concat, "
+                           "which runs the step as differentiable torch ops when an input has a tangent")
     if uses_triton(x):
         return _triton_forward(x, skip, weight, bias, relu=relu, skip_first=skip_first)
     return torch_path.forward(x, skip, weight, bias, relu, skip_first)
@@ -75,6 +81,7 @@ _up_concat = torch.library.custom_op("unet_fast::up_concat", forward_impl, mutat
 
 @_up_concat.register_fake
 def _(x, skip, weight, bias, relu, skip_first):
+    check_up_concat_args(x, skip, weight, bias, relu, skip_first)
     _, shape = step_shapes(x, weight, skip.shape[1])
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
@@ -85,6 +92,7 @@ def backward_impl(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor
     is the forward's result when it applied a ReLU (the mask is out <= 0, as in
     threshold_backward), None when it did not: the one convention for "no activation" on both
     paths."""
+    check_up_concat_backward_args(grad, out, x, weight, has_bias, skip_first)
     if uses_triton(x):
         return _triton_backward(grad, out, x, weight, skip_first=skip_first, has_bias=has_bias)
     return torch_path.backward(grad, out, x, weight, has_bias, skip_first)
@@ -95,6 +103,7 @@ _up_concat_backward = torch.library.custom_op("unet_fast::up_concat_backward", b
 
 @_up_concat_backward.register_fake
 def _(grad, out, x, weight, has_bias, skip_first):
+    check_up_concat_backward_args(grad, out, x, weight, has_bias, skip_first)
     n, cs = x.shape[0], grad.shape[1] - weight.shape[1]
     fmt = output_memory_format(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -112,8 +121,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, weight, out = ctx.saved_tensors
-    dx, dskip, dweight, dbias = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, ctx.has_bias,
-                                                                       ctx.skip_first)
+    if torch.is_grad_enabled() and (grad.requires_grad or x.requires_grad or weight.requires_grad):
+        # create_graph=True (double backward, a gradient penalty): autograd records this backward,
+        # so it runs as differentiable torch ops; the backward op has no derivative of its own.
+        dx, dskip, dweight, dbias = autodiff.differentiable_backward(grad, out, x, weight, ctx.has_bias,
+                                                                      ctx.skip_first)
+    else:
+        dx, dskip, dweight, dbias = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, ctx.has_bias,
+                                                                           ctx.skip_first)
     return dx, dskip, dweight, dbias if ctx.has_bias else None, None, None
 
 
@@ -130,8 +145,26 @@ def up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor] = 
     bias [Cout] or None; skip [N, Cs, *(S * k)]. Returns [N, Cout + Cs, *(S * k)] in x's memory
     format, the upsampled channels first, or the skip's first when skip_first=True (MONAI's
     BasicUNet, Pytorch-UNet). relu=True applies a ReLU to every output channel, relu=False none.
-    `stride`, if given, must equal the kernel size. Arguments are checked here, before anything
-    launches.
+    `stride`, if given (an integer, or one per spatial dim), must equal the kernel size.
+    Arguments are checked before anything launches (shapes, dtypes and devices by the op itself).
+
+    Under forward-mode AD (an input with a tangent) or a torch.func transform (jvp, jacfwd,
+    vmap, grad, ...) the step runs as unet_fast.reference.up_concat, plain differentiable torch
+    ops, since the fused op has no forward-mode derivative; double backward through the fused op
+    works (its backward then runs as differentiable torch ops).
     """
-    check_up_concat_args(x, skip, weight, bias, relu, skip_first, stride)
+    check_up_concat_types(x, skip, weight, bias, relu, skip_first)
+    composite = autodiff.needs_composite(x, skip, weight, bias)
+    if composite or stride is not None:  # else the op's own implementation runs the checks, once
+        check_up_concat_args(x, skip, weight, bias, relu, skip_first, stride)
+    if composite:
+        return autodiff.composite_forward(x, skip, weight, bias, relu, skip_first)
+    if _masked_op.wants_mask(x, skip, weight, bias, relu):
+        # Training with ReLU on the kernels: the forward also writes the ReLU mask as bits, which
+        # autograd saves instead of the output (up_concat_masked_op.py).
+        return _masked_op.up_concat_masked(x, skip, weight, bias, skip_first)
     return torch.ops.unet_fast.up_concat(x, skip, weight, bias, relu, skip_first)
+
+
+# Imported last: it builds on this module's dispatch (uses_triton, the launchers).
+from unet_fast.ops import up_concat_masked_op as _masked_op  # noqa: E402
