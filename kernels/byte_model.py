@@ -36,10 +36,14 @@ H100_COPY = 3.0e12
 H200_HBM = 4.8e12
 H200_COPY = H200_HBM * H100_COPY / H100_HBM
 SMS = 132  # H100 SXM / H200: the launcher's split count fills 2 blocks per SM
-# The split-K partials of the weight gradient (written once, read once) may cost at most this share
-# of the bytes the weight-gradient kernel reads, or the launcher cuts the split count (to 1: dW
-# stored directly). Defined here, where the model and the launcher both read it.
-PARTIAL_BYTES_SHARE = 0.05
+# The weight gradient's partials are read back by the next kernel: from L2 when they take at most
+# half of an H100's 50 MB L2 (the rest holds the lines streamed meanwhile), else from DRAM.
+PARTIALS_IN_L2 = 25e6
+# The weight gradient's grid holds at least this many programs per SM (a late program then delays
+# the kernel by a quarter of one SM's share at most). Each program writes a partial of its tile
+# (BLOCK_M x BLOCK_N fp32, 64 KB for 128 x 128): with one program per SM at a time, 4 per SM cost
+# 132 x 4 x 64 KB = 34.6 MB of partials on an H100 for every step whose tiles number under 528.
+WEIGHT_GRAD_PROGRAMS_PER_SM = 4
 
 
 def cdiv(a: int, b: int) -> int:
@@ -51,19 +55,45 @@ def cdiv(a: int, b: int) -> int:
 
 # The tiles modelled: each kernel's first 16-bit channels_last tile on sm_90 in kernels/configs.py
 # (BLOCK_M, BLOCK_N, BLOCK_K). Only the L2 figures and the weight-gradient split depend on them.
-DEFAULT_TILES = {"forward": (128, 64, 64), "backward_input": (128, 64, 64), "backward_weight": (64, 64, 64)}
+DEFAULT_TILES = {"forward": (128, 128, 64), "backward_input": (128, 128, 32), "backward_weight": (128, 128, 64)}
+def narrow_tile(block_n: int, n: int) -> int:
+    """The BLOCK_N a launch of GEMM N `n` takes from a list starting at block_n: the autotuner
+    prunes tiles over 64 wide and wider than n rounded up to a power of two (configs.narrow_enough)."""
+    return min(block_n, max(64, 1 << (n - 1).bit_length()))
+
+
 KERNELS = ("weight_pack", "forward", "backward_input", "backward_weight", "weight_reduce")
 
 
-def weight_grad_splits(step, tile, elem: int, relu: bool, acc: int = 4, sms: int = SMS) -> int:
-    """The launcher's split count for the weight gradient on a GPU of `sms` SMs."""
+def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) -> tuple:
+    """(S_LO, R_EXTRA) of the weight gradient on a GPU of `sms` SMs running `ctas_per_sm` of its
+    programs each: its `tiles` tiles take S_LO pixel ranges each and the first R_EXTRA one more, so
+    that the grid (tiles * S_LO + R_EXTRA programs) is the fewest whole waves holding every tile and
+    WEIGHT_GRAD_PROGRAMS_PER_SM programs per SM; no range under one of the `blocks` pixel blocks.
+    The launcher's rule."""
+    wave = sms * ctas_per_sm
+    programs = cdiv(max(tiles, WEIGHT_GRAD_PROGRAMS_PER_SM * sms), wave) * wave
+    programs = max(tiles, min(programs, tiles * blocks))
+    return programs // tiles, programs % tiles
+
+
+def weight_grad_splits(step, tile, sms: int = SMS, ctas_per_sm: int = 1) -> tuple:
+    """(tiles, S_LO, R_EXTRA) of the weight gradient of `step` with `tile` (BLOCK_M Cin, BLOCK_N
+    (tap, Cout) columns over Cout padded to a multiple of 16, BLOCK_K pixels)."""
     bm, bn, bk = tile
-    tiles = cdiv(step.cin, bm) * step.taps * cdiv(step.cout, bn)
-    read = elem * (step.m * step.cin + step.mout * step.cout) + (step.mout * step.cout // 8 if relu else 0)
-    splits = min(cdiv(2 * sms, tiles), int(PARTIAL_BYTES_SHARE * read) // (2 * acc * step.cin * step.taps * step.cout))
-    splits = max(1, min(cdiv(step.m, bk), splits))
-    per_split = cdiv(cdiv(step.m, bk), splits) * bk
-    return cdiv(step.m, per_split)
+    tiles = cdiv(step.cin, bm) * cdiv(step.taps * 16 * cdiv(step.cout, 16), bn)
+    return (tiles, *weight_grad_layout(tiles, cdiv(step.m, bk), sms, ctas_per_sm))
+
+
+def weight_grad_partials(step, tile, has_bias: bool, acc: int = 4) -> tuple:
+    """(dW partial bytes, dbias partial bytes) the weight-gradient kernel writes (0, ... when
+    every tile has one split: dW is then stored directly): each program its tile's share of
+    [Cin, T, Cout], and the programs of Cin tile 0 their columns of [T, Cout]."""
+    tiles, s_lo, r_extra = weight_grad_splits(step, tile)
+    programs = tiles * s_lo + r_extra
+    dw = 0 if programs == tiles else acc * step.cin * step.taps * step.cout * programs / tiles
+    db = acc * step.taps * step.cout * programs / tiles if has_bias else 0
+    return dw, db
 
 
 def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = True,
@@ -85,31 +115,37 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         moved = 0 if weight_stride1 else 2 * w
         floor, l2 = 0, moved
     elif kernel == "forward":
-        moved = x + w + bias + up + 2 * sk
-        floor = x + up + 2 * sk + w
-        l2 = x * taps * cdiv(step.cout, bn) + w * cdiv(m, bm) + up + 2 * sk
+        # With ReLU, the training forward (the one a step with a backward runs) also writes the
+        # mask bits the backward reads: part of its floor, since the backward's floor reads them.
+        bn = narrow_tile(bn, step.cout)
+        moved = x + w + bias + up + 2 * sk + mask_bits
+        floor = x + up + 2 * sk + w + mask_bits
+        l2 = x * taps * cdiv(step.cout, bn) + w * cdiv(m, bm) + up + 2 * sk + mask_bits
     elif kernel == "backward_input":
-        grad = up + sk
-        bits = mout * step.cout / 8 if relu else 0  # the mask bits it writes for backward_weight
-        moved = grad * (2 if relu else 1) + w + x + sk + bits
-        floor = grad + mask_bits + w + x + sk
-        l2 = (up * (2 if relu else 1)) * cdiv(step.cin, bn) + sk * (3 if relu else 2) + w * cdiv(m, bm) + x + bits
+        # Reads grad and the mask bits the forward wrote (upsampled channels once per Cin tile).
+        bn = narrow_tile(bn, step.cin)
+        conv_bits = mout * step.cout / 8 if relu else 0
+        moved = up + sk + mask_bits + w + x + sk
+        floor = up + sk + mask_bits + w + x + sk
+        l2 = (up + conv_bits) * cdiv(step.cin, bn) + 2 * sk + (mask_bits - conv_bits) + w * cdiv(m, bm) + x
     elif kernel == "backward_weight":
-        splits = weight_grad_splits(step, tile, elem, relu)
-        partials = 0 if splits == 1 else 4 * splits * step.cin * taps * step.cout
-        written = w if splits == 1 else partials
-        db_part = 4 * splits * taps * step.cout if has_bias else 0
+        # Partials: written to DRAM (L2 writes back every dirty line); the reduction reads them
+        # back at once, from L2 while they fit in PARTIALS_IN_L2 (see weight_reduce).
+        dw_part, db_part = weight_grad_partials(step, tile, has_bias)
+        written = w if not dw_part else dw_part
         bits = mout * step.cout / 8 if relu else 0  # the ReLU mask as bits, not the 16-bit output
         moved = x + up + bits + written + db_part
         floor = x + up + bits + w
-        l2 = x * taps * cdiv(step.cout, bn) + (up + bits) * cdiv(step.cin, bm) + written + db_part
+        # x once per column tile (of BLOCK_N (tap, Cout) columns), gy and bits once per Cin tile.
+        n_col = cdiv(taps * 16 * cdiv(step.cout, 16), bn)
+        l2 = x * n_col + (up + bits) * cdiv(step.cin, bm) + written + db_part
     elif kernel == "weight_reduce":
-        splits = weight_grad_splits(step, DEFAULT_TILES["backward_weight"], elem, relu)
-        partials = 0 if splits == 1 else 4 * splits * step.cin * taps * step.cout
-        db_part = 4 * splits * taps * step.cout if has_bias else 0
-        moved = partials + (w if splits > 1 else 0) + db_part + bias
-        floor = (w if splits > 1 else 0) + bias
-        l2 = moved
+        dw_part, db_part = weight_grad_partials(step, DEFAULT_TILES["backward_weight"], has_bias)
+        partials = dw_part + db_part
+        from_dram = partials if partials > PARTIALS_IN_L2 else 0
+        moved = from_dram + (w if dw_part else 0) + bias
+        floor = (w if dw_part else 0) + bias
+        l2 = partials + (w if dw_part else 0) + bias
     else:
         raise ValueError(f"unknown kernel {kernel!r}; one of {', '.join(KERNELS)}")
     return _with_times(dict(kernel=kernel, step=step.name, moved=moved, floor=floor, l2_bytes=l2))

@@ -16,10 +16,16 @@ import triton
 # keeps one float32 accumulator of BLOCK_M x BLOCK_N (taps are column tiles, not extra
 # accumulators), so the tiles are those of a plain GEMM. Each list was compiled for sm_90 and
 # sm_80 without a spill (tests/test_kernel_report.py). The forward's and the backward-input's
-# first 16-bit tile is the one kernels/byte_model.py models.
+# first 16-bit tile is the one kernels/byte_model.py models (its BLOCK_N cut to the step's GEMM N,
+# as the autotuner's pruning cuts it: narrow_enough).
+# Wide N tiles cut the L2 re-reads of the streamed operand: the forward reads a row block of x once
+# per tap and Cout tile, backward_input reads a row block of grad once per Cin tile. 128 is the
+# widest that fits: a 128x256 forward tile spilled (IDX64) and loaded its bias element by element.
+# backward_input's 128x128 tile takes BLOCK_K 32: with ReLU it keeps 119-125 registers on sm_90 (two
+# 8-warp CTAs per SM); BLOCK_K 64 took 170-181 (the decoded mask bits of a wider K step), one CTA.
 TILES = {
     "forward": {
-        "16-bit": [(128, 64, 64, 8, 3), (64, 64, 64, 4, 4), (64, 32, 64, 4, 4)],
+        "16-bit": [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 64, 4, 4), (64, 32, 64, 4, 4)],
         "tf32": [(128, 64, 32, 8, 3), (64, 32, 32, 4, 3)],
         "fp32": [(32, 32, 32, 4, 2)],
         "16-bit-nchw": [(64, 32, 64, 4, 4), (64, 32, 32, 4, 3)],
@@ -27,22 +33,22 @@ TILES = {
         "fp32-nchw": [(32, 32, 32, 4, 2)],
     },
     "backward_input": {
-        "16-bit": [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3)],
+        "16-bit": [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 64, 64, 4, 3)],
         "tf32": [(64, 64, 32, 4, 3), (64, 32, 32, 4, 3)],
-        "fp32": [(32, 32, 32, 4, 2)],
+        "fp32": [(32, 32, 16, 4, 2)],  # BLOCK_K 32 spilled 4 bytes on sm_80 (ReLU, IDX64: the mask decode)
         "16-bit-nchw": [(64, 32, 32, 4, 3)],
         "tf32-nchw": [(32, 32, 16, 4, 2)],
         "fp32-nchw": [(32, 32, 16, 4, 2)],
     },
-    # Not autotuned: its grid depends on BLOCK_K through the split of pixels. The first tile that
-    # fits the device's shared memory is taken.
+    # Not autotuned: its grid depends on the tile through the split of pixels. The first tile that
+    # fits the device's shared memory is taken. BLOCK_N counts (tap, Cout) columns.
     "backward_weight": {
-        "16-bit": [(64, 32, 64, 8, 4)],
+        "16-bit": [(64, 64, 64, 8, 3)],
         "tf32": [(64, 64, 32, 8, 3)],
         "fp32": [(32, 32, 32, 8, 2)],  # 4 warps spilled 16-80 bytes (fp32 FMA dot, M-major x^T)
         "16-bit-nchw": [(64, 32, 64, 8, 4)],
         "tf32-nchw": [(64, 32, 32, 4, 3)],
-        "fp32-nchw": [(32, 32, 32, 8, 2)],
+        "fp32-nchw": [(32, 16, 32, 8, 2)],  # 32 x 32: 4-12 bytes spilled at 8 warps, 300+ at 4 (Triton 3.6, 3.9)
     },
 }
 # "-nchw": the class of a launch whose streamed operand (x for the forward and the weight
@@ -57,12 +63,22 @@ TILES = {
 HOPPER_TILES = {
     "forward": {"fp32": [(64, 32, 32, 4, 2)]},
     "backward_input": {"tf32-nchw": [(64, 32, 16, 4, 2)]},
-    "backward_weight": {"16-bit": [(64, 64, 64, 4, 3)], "tf32": [(64, 64, 32, 4, 3)],
+    # 128 x 128 at 8 warps: 213 registers at most on sm_90, 40 bytes spilled on sm_80.
+    "backward_weight": {"16-bit": [(128, 128, 64, 8, 3)], "tf32": [(64, 64, 32, 4, 3)],
                         "16-bit-nchw": [(64, 32, 64, 4, 4)]},
 }
 
-# The split-K reduction of the weight gradient: elements per program, warps. One config.
+# The split-K reduction of the weight gradient: dW elements per program, warps; the dbias tile of
+# REDUCE_ROWS (split, tap) rows x REDUCE_CHANNELS channels per step. One config.
 REDUCE_BLOCK, REDUCE_WARPS = 512, 4
+REDUCE_ROWS, REDUCE_CHANNELS = 128, 32
+
+# Registers per thread the backward_weight kernel is assumed to take (its 8-warp tiles take 122-234
+# on sm_90, `unet-fast kernels`: one program per SM), and what an SM holds: they decide how many of
+# its programs an SM runs at once, and so the size of a whole wave.
+WEIGHT_GRAD_REGISTERS = 255
+SM_REGISTERS = 65536
+SM_SHARED_MEMORY = 233472  # sm_90 and sm_80 alike allot at most this per SM (228 KB)
 
 
 def tiles_for(kernel: str, operands: str, capability: int) -> list:
@@ -88,8 +104,10 @@ def channels_last_operand(t) -> bool:
 
 
 # Shared memory a kernel uses, in elements: per pipeline stage, the tiles it loads (forward: the
-# x tile and one tap's W tile; backward_input: grad and the saved output, and W; backward_weight:
-# the x tile, grad and the saved output), and once, its float32 accumulator of BM x BN, which the
+# x tile and one tap's W tile; backward_input: grad and W, and the mask bits' bytes (1/16 of a 16-bit
+# grad tile, bounded by a second grad tile); backward_weight:
+# the x tile, the grad tile and its masked copy for the tensor cores, the mask bytes within that
+# bound), and once, its float32 accumulator of BM x BN, which the
 # compiler may pass through shared memory to change layout before the stores.
 STAGE_ELEMENTS = {
     "forward": lambda bm, bn, bk: bm * bk + bk * bn,
@@ -109,6 +127,15 @@ def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
     bm, bn, bk, _warps, stages = tile
     stage = STAGE_ELEMENTS[kernel](bm, bn, bk) * element_size
     return max(stages * stage, (stages - 1) * stage + ACCUMULATORS[kernel] * bm * bn * 4)
+
+
+def weight_grad_ctas_per_sm(tile, element_size: int) -> int:
+    """Programs of the backward_weight kernel an SM runs at once with `tile`: its registers (at
+    WEIGHT_GRAD_REGISTERS per thread) and shared memory (shared_memory_bound) both fit."""
+    warps = tile[3]
+    by_registers = SM_REGISTERS // (warps * 32 * WEIGHT_GRAD_REGISTERS)
+    by_shared = SM_SHARED_MEMORY // shared_memory_bound("backward_weight", tile, element_size)
+    return max(1, min(by_registers, by_shared))
 
 
 def device_limits() -> tuple:
@@ -148,12 +175,20 @@ def fixed_tile(kernel: str, operands: str) -> dict:
     return dict(_config(tiles_that_fit(kernel, operands, *device_limits())[0]).all_kwargs())
 
 
-def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str):
+def narrow_enough(block_n: int, n: int) -> bool:
+    """Whether a tile BLOCK_N wide is worth launching for a GEMM N of `n` (Cout for the forward,
+    Cin for backward_input): at most 64 wide, or not wider than n rounded up to a power of two, so
+    that a narrow step does not compute (and load weights for) 128 columns that do not exist."""
+    return block_n <= max(64, triton.next_power_of_2(n))
+
+
+def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n_arg: str):
     """`kernel_fn` behind Triton's autotuner. Before anything is compiled, the configs are pruned
     to the tiles TILES[kernel] lists for the operands (the element size and channel stride of
     argument `dtype_arg`, and INPUT_PRECISION) that fit the device's shared memory. The autotuner keys on the dtypes and
     the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key; so does the
-    operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists."""
+    operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists. Tiles wider
+    than the GEMM's N (argument `n_arg`) are pruned too (narrow_enough), unless none is left."""
     every_tile = sorted({t for table in (TILES, HOPPER_TILES) for tiles in table.get(kernel, {}).values()
                          for t in tiles})
 
@@ -161,7 +196,8 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str):
         operand = named_args[dtype_arg]
         operands = operand_class(operand.element_size(), kwargs["INPUT_PRECISION"], channels_last_operand(operand))
         allowed = set(tiles_that_fit(kernel, operands, *device_limits()))
-        return [c for c in configs if _tile_of(c) in allowed]
+        fitting = [c for c in configs if _tile_of(c) in allowed]
+        return [c for c in fitting if narrow_enough(c.kwargs["BLOCK_N"], named_args[n_arg])] or fitting
 
     key = ["CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", channel_stride_arg]
     return triton.autotune(configs=[_config(t) for t in every_tile], key=key,

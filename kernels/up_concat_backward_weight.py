@@ -2,13 +2,159 @@
 then a fixed-order reduction of the partials. No atomics: deterministic by construction.
 The index math and the ReLU mask bits are described in up_concat_forward.py and
 up_concat_backward.py.
+
+The GEMM's N dimension is every (tap, output channel) pair: column j is tap j // COUT_P, channel
+j % COUT_P, where COUT_P is Cout padded to a multiple of 16 (columns past Cout are masked). So a
+small Cout (T * COUT_P <= BLOCK_N) puts every tap in one program, and no group of 8 columns (one
+mask byte) spans two taps. Program g of the grid is split g // N_TILES
+of tile g % N_TILES (tile = Cin tile x column tile, column tiles fastest: the programs side by
+side read the same pixels, x and gy from DRAM once, then L2); tile t has S_LO splits, one more
+when t < R_EXTRA, so the grid can be whole waves of the device whatever the tile count. Split s
+of a tile with S splits covers the pixel blocks [s * NBLK // S, (s + 1) * NBLK // S).
+
+The K loop's offsets: with BLOCK_W > 0 (the launcher checks W % BLOCK_W == 0 and
+H % (BLOCK_K // BLOCK_W) == 0) a pixel block is BLOCK_K // BLOCK_W rows of BLOCK_W pixels inside
+one image plane, so every offset of a step is a scalar base plus a tile computed once before the
+loop; the block's origin (image, d, h, w) is stepped, not divided, from one block to the next.
+BLOCK_W = 0 takes the general per-pixel index math.
 """
 import triton
 import triton.language as tl
 
-from .common import (as_offset, pixel_offset, row_block, spatial_coords, tap_offset, tile_product,
-                     up_pixel_offset)
-from .up_concat_backward import load_mask_bits, masked_grad
+from .common import as_offset, pixel_offset, row_block, spatial_coords, tap_offset, tile_product, up_pixel_offset
+
+
+@triton.jit
+def _block_origin(kb, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pixel block kb of the BLOCK_W path -> (image, d, first row h0, first column w0)."""
+    rows: tl.constexpr = BLOCK_K // BLOCK_W
+    n_w = W // BLOCK_W
+    per_plane = (H // rows) * n_w
+    per_image = D * per_plane
+    img = kb // per_image
+    rem = kb - img * per_image
+    d = rem // per_plane
+    rem = rem - d * per_plane
+    hb = rem // n_w
+    return img, d, hb * rows, (rem - hb * n_w) * BLOCK_W
+
+
+@triton.jit
+def _next_block(img, d, h0, w0, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The origin of the pixel block after the one at (img, d, h0, w0), in _block_origin's order."""
+    w0 += BLOCK_W
+    wrap = w0 >= W
+    w0 = tl.where(wrap, 0, w0)
+    h0 = tl.where(wrap, h0 + BLOCK_K // BLOCK_W, h0)
+    wrap = h0 >= H
+    h0 = tl.where(wrap, 0, h0)
+    d = tl.where(wrap, d + 1, d)
+    wrap = d >= D
+    d = tl.where(wrap, 0, d)
+    img = tl.where(wrap, img + 1, img)
+    return img, d, h0, w0
+
+
+@triton.jit
+def _masked_gy(g3, byte, e, RELU: tl.constexpr, MASK_BITS: tl.constexpr):
+    """Zero gy where the ReLU clipped: bit e of `byte` (one byte per 8 channels) is 1 where the
+    gradient passes."""
+    if RELU and MASK_BITS:
+        keep = ((byte.to(tl.int32)[:, :, None] >> e[None, None, :]) & 1) != 0
+        g3 = tl.where(keep, g3, tl.zeros_like(g3))
+    return g3
+
+
+@triton.jit
+def _weight_grad_loop(
+    kb0, kb1, g_ptr, o_ptr, x_ptr, bits_ptr,
+    D, H, W, DHW, NB,
+    sgn, sgd, sgh, sgw, son, sod, soh, sow, sxn, sxc, sxd, sxh, sxw,
+    offs_c, mask_c, g_col, o_col, byte_col, mask_j, mask_q,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    RELU: tl.constexpr, MASK_BITS: tl.constexpr, WITH_BIAS: tl.constexpr, FLAT_X: tl.constexpr,
+    BLOCK_W: tl.constexpr, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """(acc [BLOCK_M, BLOCK_N], bias [BLOCK_N // 8, 8]) over pixel blocks [kb0, kb1). gy is held
+    as [pixels, BLOCK_N // 8, 8]: one mask byte per 8 channels, decoded where the channels are.
+    WITH_BIAS: also sum gy over the pixels, elementwise in registers (one reduction after the
+    loop); a separate loop, so the programs that do not own dbias run the plain one."""
+    T: tl.constexpr = KD * KH * KW
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    bias = tl.zeros((BLOCK_K, BLOCK_N // 8, 8), dtype=acc_dtype)
+    e = tl.arange(0, 8)
+    i = tl.arange(0, BLOCK_K)
+    x_chan = as_offset(offs_c, IDX64) * sxc
+    if BLOCK_W > 0:
+        # Loop-invariant tiles: pixel i of a block is row i // BLOCK_W, column i % BLOCK_W.
+        ih = as_offset(i // BLOCK_W, IDX64)
+        iw = as_offset(i % BLOCK_W, IDX64)
+        x_tile = x_chan[:, None] + (ih * sxh + iw * sxw)[None, :]
+        x_mask = mask_c[:, None] & (i < BLOCK_K)[None, :]
+        g_tile = (ih * (KH * sgh) + iw * (KW * sgw))[:, None, None] + g_col[None, :, :]
+        o_tile = (ih * (KH * soh) + iw * (KW * sow))[:, None, None] + o_col[None, :, :]
+        g_mask = (i < BLOCK_K)[:, None, None] & mask_j[None, :, :]
+        bit_tile = (ih * W + iw)[:, None] * (T * NB) + byte_col[None, :]
+        bit_mask = (i < BLOCK_K)[:, None] & mask_q[None, :]
+        # The first block's origin by division, then the next ones by stepping: no division in the loop.
+        img_k, d_k, h_k, w_k = _block_origin(kb0, D, H, W, BLOCK_W, BLOCK_K)
+        for kb in range(kb0, kb1):
+            img = as_offset(img_k, IDX64)
+            d = as_offset(d_k, IDX64)
+            h0 = as_offset(h_k, IDX64)
+            w0 = as_offset(w_k, IDX64)
+            img_k, d_k, h_k, w_k = _next_block(img_k, d_k, h_k, w_k, D, H, W, BLOCK_W, BLOCK_K)
+            x_t = tl.load(x_ptr + (img * sxn + d * sxd + h0 * sxh + w0 * sxw) + x_tile, mask=x_mask, other=0.0)
+            g3 = tl.load(g_ptr + (img * sgn + (KD * d) * sgd + (KH * h0) * sgh + (KW * w0) * sgw) + g_tile,
+                         mask=g_mask, other=0.0)
+            if UPCAST:
+                g3 = g3.to(tl.float32)
+            byte = tl.zeros((BLOCK_K, BLOCK_N // 8), dtype=tl.uint8)
+            if RELU:
+                if MASK_BITS:
+                    byte = tl.load(bits_ptr + ((img * D + d) * H + h0) * W * (T * NB) + w0 * (T * NB) + bit_tile,
+                                   mask=bit_mask, other=0)
+                else:
+                    out = tl.load(o_ptr + (img * son + (KD * d) * sod + (KH * h0) * soh + (KW * w0) * sow)
+                                  + o_tile, mask=g_mask, other=0.0)
+                    if UPCAST:  # the interpreter cannot compare bfloat16 values
+                        out = out.to(tl.float32)
+                    g3 = tl.where(out <= 0, tl.zeros_like(g3), g3)
+            g3 = _masked_gy(g3, byte, e, RELU, MASK_BITS)
+            acc = tile_product(x_t, tl.reshape(g3, (BLOCK_K, BLOCK_N)), acc, USE_DOT, UPCAST, INPUT_PRECISION)
+            if WITH_BIAS:
+                # Upcast before adding: a 16-bit sum would round every pixel's contribution.
+                bias += g3.to(acc_dtype)
+    else:
+        for kb in range(kb0, kb1):
+            img, r, mask_p = row_block(kb, DHW, IDX64, BLOCK_K)
+            d, h, w = spatial_coords(r, H, W)
+            x_t = tl.load(x_ptr + x_chan[:, None] + pixel_offset(img, r, d, h, w, sxn, sxd, sxh, sxw, FLAT_X)[None, :],
+                          mask=mask_c[:, None] & mask_p[None, :], other=0.0)
+            g_mask = mask_p[:, None, None] & mask_j[None, :, :]
+            g3 = tl.load(g_ptr + up_pixel_offset(img, d, h, w, sgn, sgd, sgh, sgw, KD, KH, KW)[:, None, None]
+                         + g_col[None, :, :], mask=g_mask, other=0.0)
+            if UPCAST:
+                g3 = g3.to(tl.float32)
+            byte = tl.zeros((BLOCK_K, BLOCK_N // 8), dtype=tl.uint8)
+            if RELU:
+                if MASK_BITS:
+                    byte = tl.load(bits_ptr + (img * DHW + r)[:, None] * (T * NB) + byte_col[None, :],
+                                   mask=mask_p[:, None] & mask_q[None, :], other=0)
+                else:
+                    out = tl.load(o_ptr + up_pixel_offset(img, d, h, w, son, sod, soh, sow, KD, KH, KW)[:, None, None]
+                                  + o_col[None, :, :], mask=g_mask, other=0.0)
+                    if UPCAST:
+                        out = out.to(tl.float32)
+                    g3 = tl.where(out <= 0, tl.zeros_like(g3), g3)
+            g3 = _masked_gy(g3, byte, e, RELU, MASK_BITS)
+            acc = tile_product(x_t, tl.reshape(g3, (BLOCK_K, BLOCK_N)), acc, USE_DOT, UPCAST, INPUT_PRECISION)
+            if WITH_BIAS:
+                bias += g3.to(acc_dtype)
+    return acc, tl.sum(bias, axis=0)
 
 
 @triton.jit
@@ -16,88 +162,102 @@ def up_concat_backward_weight_kernel(
     # Pointers: grad, out as in backward_input; x [N, CIN, D, H, W];
     # dw_part [S, CIN, T, COUT] and db_part [S, T, COUT], contiguous, fp32 (fp64 for fp64);
     # dw [CIN, COUT, KD, KH, KW], written directly (cast) instead of dw_part when DIRECT.
-    # bits: the ReLU mask store_mask_bits wrote (read instead of out when MASK_BITS).
+    # bits [N*D*H*W, T, NB] uint8: the ReLU mask (bit o % 8 of byte o // 8 is 1 where the
+    # gradient passes), read instead of out when MASK_BITS.
     g_ptr, o_ptr, x_ptr, dw_part_ptr, db_ptr, dw_ptr, bits_ptr,
-    # Sizes: NIMG images of DHW = D*H*W input pixels, taken in per-image blocks of BLOCK_K pixels, split
-    # into ranges of BLOCKS_PER_SPLIT blocks; CONV_C0 = first upsampled channel of grad and out.
-    NIMG, D, H, W, DHW, CIN, COUT, CONV_C0, BLOCKS_PER_SPLIT, NB,
+    # Sizes: NIMG images of DHW = D*H*W input pixels, in per-image blocks of BLOCK_K pixels;
+    # COUT_P: Cout padded (see above); CONV_C0 = first upsampled channel of grad and out;
+    # NB = cdiv(COUT, 8) mask bytes per pixel and tap; the split layout N_TILES, S_LO, R_EXTRA.
+    NIMG, D, H, W, DHW, CIN, COUT, COUT_P, CONV_C0, NB, N_TILES, S_LO, R_EXTRA,
     # Strides, in elements, along n, c, d, h, w: sg* of grad, so* of out, sx* of x.
     sgn, sgc, sgd, sgh, sgw,
     son, soc, sod, soh, sow,
     sxn, sxc, sxd, sxh, sxw,
     # ... sdw* of dw along c, o, td, th, tw (read only when DIRECT).
     sdwc, sdwo, sdwd, sdwh, sdww,
-    # Meta-parameters: taps per axis; ReLU mask; bias partials; DIRECT: one split (S = 1), dw
+    # Meta-parameters: taps per axis; ReLU mask; bias partials; DIRECT: one split per tile, dw
     # stored here in its dtype, no dw_part and no reduction of it; FLAT_X: x merges (d, h, w)
-    # into one dimension of stride sxw; tile-product settings; offset
-    # width; tile (BLOCK_M input channels x BLOCK_N output channels, BLOCK_K pixels per step).
+    # into one dimension of stride sxw; BLOCK_W: the pixel-block width of the strided path (0:
+    # general path); COUT8: COUT % 8 == 0; tile-product settings; offset width; tile (BLOCK_M input channels x
+    # BLOCK_N columns, BLOCK_K pixels per step).
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     RELU: tl.constexpr, MASK_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
-    FLAT_X: tl.constexpr,
+    FLAT_X: tl.constexpr, BLOCK_W: tl.constexpr, COUT8: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Program (split s, Cin tile, tap, Cout tile), Cout tiles fastest: the programs of one split
-    read the same pixels side by side (x and gy from DRAM once, then L2). With MASK_BITS the ReLU
-    mask comes from the bits backward_input wrote, not from the 16-bit output."""
-    T = KD * KH * KW
-    n_co = tl.cdiv(COUT, BLOCK_N)
-    n_ci = tl.cdiv(CIN, BLOCK_M)
+    """Program g: split g // N_TILES of tile g % N_TILES. The programs of Cin tile 0 also sum
+    dbias (db_part[s, t, o]); the others run a loop without it."""
+    T: tl.constexpr = KD * KH * KW
+    n_col = tl.cdiv(T * COUT_P, BLOCK_N)
     pid = tl.program_id(0)
-    pid_o = pid % n_co
-    rest = pid // n_co
-    tap = rest % T
-    rest = rest // T
-    pid_c = rest % n_ci
-    pid_s = rest // n_ci
+    s = pid // N_TILES
+    tile = pid - s * N_TILES
+    n_split = S_LO + (tile < R_EXTRA).to(tl.int32)
+    pid_c = tile // n_col
+    col = tile - pid_c * n_col
+    if BLOCK_W > 0:
+        n_blocks = NIMG * (DHW // BLOCK_K)
+    else:
+        n_blocks = NIMG * tl.cdiv(DHW, BLOCK_K)
+    kb0 = (s.to(tl.int64) * n_blocks // n_split).to(tl.int32)
+    kb1 = ((s + 1).to(tl.int64) * n_blocks // n_split).to(tl.int32)
     offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < CIN
-    mask_o = offs_o < COUT
-    acc_dtype = tl.float64 if ACC_F64 else tl.float32
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-    bias_acc = tl.zeros((BLOCK_N,), dtype=acc_dtype)
-    x_chan = as_offset(offs_c, IDX64)[:, None] * sxc
-    chan = as_offset(CONV_C0 + offs_o, IDX64)[None, :]
-    g_tap = tap_offset(tap, sgd, sgh, sgw, KH, KW)
-    o_tap = tap_offset(tap, sod, soh, sow, KH, KW)
-    dhw = DHW
-    kb0 = pid_s * BLOCKS_PER_SPLIT
-    kb1 = tl.minimum(kb0 + BLOCKS_PER_SPLIT, NIMG * tl.cdiv(dhw, BLOCK_K))
-    for kb in range(kb0, kb1):
-        img, r, mask_p = row_block(kb, dhw, IDX64, BLOCK_K)
-        d, h, w = spatial_coords(r, H, W)
-        x_t = tl.load(x_ptr + x_chan + pixel_offset(img, r, d, h, w, sxn, sxd, sxh, sxw, FLAT_X)[None, :],
-                      mask=mask_c[:, None] & mask_p[None, :], other=0.0)
-        mask = mask_p[:, None] & mask_o[None, :]
-        g_ptrs = g_ptr + (up_pixel_offset(img, d, h, w, sgn, sgd, sgh, sgw, KD, KH, KW) + g_tap)[:, None] + chan * sgc
-        if MASK_BITS:
-            gy = masked_grad(g_ptrs, g_ptrs, mask, False, UPCAST)
-            keep = load_mask_bits(bits_ptr, img * DHW + r, mask_p, tap, pid_o * BLOCK_N, NB, T, BLOCK_K, BLOCK_N)
-            gy = tl.where(keep, gy, tl.zeros_like(gy))
+    # Columns as [BLOCK_N // 8 mask bytes, 8 channels]: tap, channel, offsets, mask; per byte.
+    q8 = col * BLOCK_N + 8 * tl.arange(0, BLOCK_N // 8)
+    j = q8[:, None] + tl.arange(0, 8)[None, :]
+    tap_q = q8 // COUT_P
+    o_q = q8 - tap_q * COUT_P
+    tap_j = j // COUT_P
+    o_j = j - tap_j * COUT_P
+    mask_q = (o_q < COUT) & (tap_q < T)
+    if COUT8:
+        # Whole mask bytes are valid or not: a mask constant over each 8 columns keeps 16-byte loads.
+        mask_j = tl.broadcast_to(mask_q[:, None], (BLOCK_N // 8, 8))
+    else:
+        mask_j = (o_j < COUT) & (tap_j < T)
+    chan = as_offset(CONV_C0 + o_j, IDX64)
+    g_col = tap_offset(tap_j, sgd, sgh, sgw, KH, KW) + chan * sgc
+    o_col = tap_offset(tap_j, sod, soh, sow, KH, KW) + chan * soc
+    byte_col = tap_q * NB + o_q // 8
+    if HAS_BIAS:
+        if pid_c == 0:
+            acc, bias = _weight_grad_loop(
+                kb0, kb1, g_ptr, o_ptr, x_ptr, bits_ptr, D, H, W, DHW, NB,
+                sgn, sgd, sgh, sgw, son, sod, soh, sow, sxn, sxc, sxd, sxh, sxw,
+                offs_c, mask_c, g_col, o_col, byte_col, mask_j, mask_q,
+                KD, KH, KW, RELU, MASK_BITS, True, FLAT_X, BLOCK_W, USE_DOT, UPCAST, ACC_F64, INPUT_PRECISION,
+                IDX64, BLOCK_M, BLOCK_N, BLOCK_K)
+            tl.store(db_ptr + (s * T + tap_j) * COUT + o_j, bias, mask=mask_j)
         else:
-            gy = masked_grad(g_ptrs,
-                             o_ptr + (up_pixel_offset(img, d, h, w, son, sod, soh, sow, KD, KH, KW) + o_tap)[:, None]
-                             + chan * soc,
-                             mask, RELU, UPCAST)
-        acc = tile_product(x_t, gy, acc, USE_DOT, UPCAST, INPUT_PRECISION)
-        if HAS_BIAS:
-            # Upcast before adding: on the GPU gy is bf16/fp16, and a 16-bit sum would round
-            # every pixel's contribution to dbias.
-            bias_acc += tl.sum(gy.to(acc_dtype), axis=0)
-    dw_mask = mask_c[:, None] & mask_o[None, :]
+            acc, bias = _weight_grad_loop(
+                kb0, kb1, g_ptr, o_ptr, x_ptr, bits_ptr, D, H, W, DHW, NB,
+                sgn, sgd, sgh, sgw, son, sod, soh, sow, sxn, sxc, sxd, sxh, sxw,
+                offs_c, mask_c, g_col, o_col, byte_col, mask_j, mask_q,
+                KD, KH, KW, RELU, MASK_BITS, False, FLAT_X, BLOCK_W, USE_DOT, UPCAST, ACC_F64, INPUT_PRECISION,
+                IDX64, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        acc, bias = _weight_grad_loop(
+            kb0, kb1, g_ptr, o_ptr, x_ptr, bits_ptr, D, H, W, DHW, NB,
+            sgn, sgd, sgh, sgw, son, sod, soh, sow, sxn, sxc, sxd, sxh, sxw,
+            offs_c, mask_c, g_col, o_col, byte_col, mask_j, mask_q,
+            KD, KH, KW, RELU, MASK_BITS, False, FLAT_X, BLOCK_W, USE_DOT, UPCAST, ACC_F64, INPUT_PRECISION, IDX64,
+            BLOCK_M, BLOCK_N, BLOCK_K)
+    # The accumulator's columns, flat.
+    jn = col * BLOCK_N + tl.arange(0, BLOCK_N)
+    tap_n = jn // COUT_P
+    o_n = jn - tap_n * COUT_P
+    dw_mask = mask_c[:, None] & ((o_n < COUT) & (tap_n < T))[None, :]
     if DIRECT:
-        dw_ptrs = (dw_ptr + offs_c[:, None] * sdwc + offs_o[None, :] * sdwo
-                   + tap_offset(tap, sdwd, sdwh, sdww, KH, KW))
+        dw_ptrs = (dw_ptr + offs_c[:, None] * sdwc + o_n[None, :] * sdwo
+                   + tap_offset(tap_n, sdwd, sdwh, sdww, KH, KW)[None, :])
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=dw_mask)
     else:
         # dw_part [S, CIN, T, COUT]: a tile's Cout row is contiguous (vector stores).
-        dw_ptrs = dw_part_ptr + ((pid_s * CIN + offs_c[:, None]) * T + tap) * COUT + offs_o[None, :]
+        dw_ptrs = dw_part_ptr + ((s * CIN + offs_c[:, None]) * T + tap_n[None, :]) * COUT + o_n[None, :]
         tl.store(dw_ptrs, acc, mask=dw_mask)
-    if HAS_BIAS:
-        if pid_c == 0:
-            tl.store(db_ptr + (pid_s * T + tap) * COUT + offs_o, bias_acc, mask=mask_o)
 
 
 @triton.jit
@@ -105,35 +265,49 @@ def up_concat_weight_reduce_kernel(
     # Pointers: dw_part [S, CIN, T, COUT] and db_part [S, T, COUT] contiguous (accumulator
     # dtype); dw [CIN, COUT, KD, KH, KW] and db [COUT] (the weight's dtype).
     dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
-    # Sizes: S splits; E = CIN*T*COUT weight elements.
-    S, CIN, COUT, E,
+    # Sizes: E = CIN*T*COUT weight elements (0: the weight kernel wrote dW itself); the weight
+    # kernel's split layout (N_COL column tiles of TILE_N over T * COUT_P columns, Cin tiles of
+    # TILE_M; tile t has S_LO splits, one more when t < R_EXTRA).
+    CIN, COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA,
     # Strides of dw along c, o, td, th, tw; of db.
     sdwc, sdwo, sdwd, sdwh, sdww, sdb,
-    # Meta-parameters: taps per axis; whether db is summed; elements per program.
+    # Meta-parameters: taps per axis; whether db is summed; dW elements per program; dbias tile
+    # (BLOCK_S rows (split, tap) x BLOCK_O channels).
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """Programs below cdiv(E, BLOCK) sum dW over the splits s = 0, 1, ... in order; the next
-    cdiv(COUT, BLOCK) sum dbias over (s, t) in order. Same inputs, same bits: no atomics.
-    E = 0 when the weight kernel wrote dW itself (one split): only dbias is summed."""
-    T = KD * KH * KW
+    cdiv(COUT, BLOCK_O) each sum dbias for BLOCK_O channels: BLOCK_S (split, tap) rows at a time
+    added elementwise, then one tree sum over the rows. Same inputs, same bits: no atomics."""
+    T: tl.constexpr = KD * KH * KW
     pid = tl.program_id(0)
     n_w = tl.cdiv(E, BLOCK)
     if pid < n_w:
         e = pid * BLOCK + tl.arange(0, BLOCK)
         mask = e < E
-        acc = tl.load(dw_part_ptr + e, mask=mask, other=0.0)
-        for s in range(1, S):
-            acc += tl.load(dw_part_ptr + s * E + e, mask=mask, other=0.0)
         o = e % COUT
         ct = e // COUT
         tap = ct % T
         c = ct // T
+        extra = (c // TILE_M) * N_COL + (tap * COUT_P + o) // TILE_N < R_EXTRA
+        acc = tl.load(dw_part_ptr + e, mask=mask, other=0.0)
+        for s in range(1, S_LO):
+            acc += tl.load(dw_part_ptr + s * E + e, mask=mask, other=0.0)
+        acc += tl.load(dw_part_ptr + S_LO * E + e, mask=mask & extra, other=0.0)
         dst = c * sdwc + o * sdwo + tap_offset(tap, sdwd, sdwh, sdww, KH, KW)
         tl.store(dw_ptr + dst, acc.to(dw_ptr.dtype.element_ty), mask=mask)
     elif HAS_BIAS:
-        o = (pid - n_w) * BLOCK + tl.arange(0, BLOCK)
-        mask = o < COUT
-        acc = tl.load(db_part_ptr + o, mask=mask, other=0.0)
-        for st in range(1, S * T):
-            acc += tl.load(db_part_ptr + st * COUT + o, mask=mask, other=0.0)
-        tl.store(db_ptr + o * sdb, acc.to(db_ptr.dtype.element_ty), mask=mask)
+        # Names differ from the branch above: the compiler wants one type per name across branches.
+        ob = (pid - n_w) * BLOCK_O + tl.arange(0, BLOCK_O)
+        mask_ob = ob < COUT
+        sums = tl.zeros((BLOCK_S, BLOCK_O), dtype=db_part_ptr.dtype.element_ty)
+        # dbias comes from Cin tile 0, whose tile index is its column tile.
+        rows = (S_LO + (R_EXTRA > 0).to(tl.int32)) * T
+        for r0 in range(0, rows, BLOCK_S):
+            r = r0 + tl.arange(0, BLOCK_S)
+            sr = r // T
+            tap_r = r - sr * T
+            n_split = S_LO + ((tap_r[:, None] * COUT_P + ob[None, :]) // TILE_N < R_EXTRA).to(tl.int32)
+            sums += tl.load(db_part_ptr + r[:, None] * COUT + ob[None, :],
+                            mask=(sr[:, None] < n_split) & mask_ob[None, :], other=0.0)
+        tl.store(db_ptr + ob * sdb, tl.sum(sums, axis=0).to(db_ptr.dtype.element_ty), mask=mask_ob)

@@ -17,6 +17,11 @@ The T*cdiv(Cout, BLOCK_N) column tiles of a row block run next to each other, so
 DRAM once and re-read from L2; the skip copy tiles are interleaved with them (common.program_role).
 All strides are passed, so any layout works; offsets are int64 when a tensor of the launch spans
 2**31 elements or more (IDX64), int32 otherwise.
+
+ReLU mask bits (WRITE_BITS, when a gradient will be needed): every program also writes the mask
+of what it stored, one bit per element (mask_bits.py in this package has the layout), so the
+backward reads 1 bit per element instead of the 16-bit output. The GEMM programs take it from
+the values they store (their accumulator, cast), the copy programs from the copied skip values.
 """
 import triton
 import triton.language as tl
@@ -24,6 +29,7 @@ import triton.language as tl
 from .common import (as_offset, copy_tile_coords, copy_tile_offsets, pixel_offset, program_role, relu_keep_nan,
                      row_block, spatial_coords, tap_offset, tile_product, up_pixel_offset)
 from .configs import autotuned
+from .mask_bits import store_conv_bits, store_skip_bits
 
 
 @triton.jit
@@ -41,12 +47,14 @@ def up_concat_forward_kernel(
     # Pointers: x [N, CIN, D, H, W]; w [CIN, COUT, KD, KH, KW] (stride-1 along COUT on the GPU);
     # b [COUT] (any pointer when not HAS_BIAS); skip [N, CS, KD*D, KH*H, KW*W];
     # out [N, COUT + CS, KD*D, KH*H, KW*W].
-    x_ptr, w_ptr, b_ptr, skip_ptr, out_ptr,
+    # bits: the ReLU mask bits (mask_bits.py), written when WRITE_BITS (any pointer otherwise).
+    x_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, bits_ptr,
     # Sizes: NIMG = N images of DHW = D*H*W input pixels (passed, so that its divisibility
     # by 16 is known to the compiler: vector loads along pixels in NCHW); SKIP_PIX = KD*D * KH*H * KW*W output pixels
     # per image; CONV_C0 / SKIP_C0 = first output channel of the upsampled / skip channels
-    # (0 and COUT, or CS and 0 when the skip comes first).
-    NIMG, D, H, W, DHW, CIN, COUT, CS, SKIP_PIX, CONV_C0, SKIP_C0,
+    # (0 and COUT, or CS and 0 when the skip comes first); SKIP_BITS0 = first byte of the skip
+    # channels' bits in bits_ptr (mask_bits.py).
+    NIMG, D, H, W, DHW, CIN, COUT, CS, SKIP_PIX, CONV_C0, SKIP_C0, SKIP_BITS0,
     # Strides, in elements: sx* of x along n, c, d, h, w (sxd = 0 in 2-D) ...
     sxn, sxc, sxd, sxh, sxw,
     # ... sw* of w along c (input channel), o (output channel), td, th, tw; sb of b ...
@@ -57,7 +65,8 @@ def up_concat_forward_kernel(
     # Meta-parameters: the kernel size (taps) per axis; bias; ReLU over every output channel;
     # FLAT_X: x merges (d, h, w) into one dimension of stride sxw; FLAT_SKIP: skip and out do.
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT_X: tl.constexpr, FLAT_SKIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, WRITE_BITS: tl.constexpr, FLAT_X: tl.constexpr,
+    FLAT_SKIP: tl.constexpr,
     # How a tile product runs (launcher's math_settings) and the offset width.
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     IDX64: tl.constexpr,
@@ -98,15 +107,23 @@ def up_concat_forward_kernel(
         out_pix = (up_pixel_offset(img, d, h, w, son, sod, soh, sow, KD, KH, KW)
                    + tap_offset(tap, sod, soh, sow, KH, KW))
         out_ptrs = out_ptr + out_pix[:, None] + as_offset(CONV_C0 + offs_o, IDX64)[None, :] * soc
-        tl.store(out_ptrs, acc.to(out_dtype), mask=mask_m[:, None] & mask_o[None, :])
+        stored = acc.to(out_dtype)
+        mask = mask_m[:, None] & mask_o[None, :]
+        tl.store(out_ptrs, stored, mask=mask)
+        if WRITE_BITS:
+            store_conv_bits(bits_ptr, stored, mask, img * dhw + r, mask_m, tap, (col - tap * n_co) * BLOCK_N,
+                            tl.cdiv(COUT, 8), T, UPCAST, BLOCK_M, BLOCK_N)
     elif q < n_copy:
         img, offs_p, offs_c, mask = copy_tile_coords(q, SKIP_PIX, CS, IDX64, BLOCK_M, BLOCK_N)
         hs = KH * H
         ws = KW * W
         src = copy_tile_offsets(img, offs_p, offs_c, ssn, ssc, ssd, ssh, ssw, hs, ws, FLAT_SKIP)
         dst = copy_tile_offsets(img, offs_p, SKIP_C0 + offs_c, son, soc, sod, soh, sow, hs, ws, FLAT_SKIP)
-        v = skip_relu(tl.load(skip_ptr + src, mask=mask, other=0.0), RELU, UPCAST)
-        tl.store(out_ptr + dst, v.to(out_dtype), mask=mask)
+        v = skip_relu(tl.load(skip_ptr + src, mask=mask, other=0.0), RELU, UPCAST).to(out_dtype)
+        tl.store(out_ptr + dst, v, mask=mask)
+        if WRITE_BITS:
+            store_skip_bits(bits_ptr + SKIP_BITS0, v, mask, img * SKIP_PIX + offs_p, offs_p < SKIP_PIX,
+                            (q % tl.cdiv(CS, BLOCK_N)) * BLOCK_N, tl.cdiv(CS, 8), UPCAST, BLOCK_M, BLOCK_N)
 
 
-up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr", "sxc")
+up_concat_forward_kernel_autotuned = autotuned(up_concat_forward_kernel, "forward", "x_ptr", "sxc", "COUT")

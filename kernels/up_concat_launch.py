@@ -17,9 +17,11 @@ import triton
 from . import up_concat_backward as bwd
 from . import up_concat_forward as fwd
 from ..ops.layout import channel_slices, new_buffer, output_memory_format, step_shapes
-from .byte_model import PARTIAL_BYTES_SHARE
+from ..ops.relu_mask import mask_parts, pack_relu_mask
+from .byte_model import weight_grad_layout
 from .common import interpreting
-from .configs import REDUCE_BLOCK, REDUCE_WARPS, channels_last_operand, fixed_tile, operand_class
+from .configs import (REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS, REDUCE_WARPS, channels_last_operand, fixed_tile,
+                      operand_class, weight_grad_ctas_per_sm)
 
 _recorder = None
 
@@ -134,12 +136,16 @@ def gemm_copy_grid(nimg: int, dhw: int, n_cols: int, skip_pix: int, cs: int, blo
 
 
 def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias, *,
-                   relu: bool, skip_first: bool, out=None) -> torch.Tensor:
+                   relu: bool, skip_first: bool, out=None, bits=None) -> torch.Tensor:
     """The fused forward. Arguments must already be validated.
 
     x [N, Cin, *S], skip [N, Cs, *(S*k)], weight [Cin, Cout, *k] (stride = kernel size k),
     bias [Cout] or None. `out`, if given, is the [N, Cout + Cs, *(S*k)] buffer to write, with any
-    strides. skip_first puts the skip channels at [0, Cs) and the upsampled ones after them."""
+    strides. skip_first puts the skip channels at [0, Cs) and the upsampled ones after them.
+    `bits`, if given (relu only), is a ops.relu_mask.new_mask_buffer the kernel fills with the
+    ReLU mask of out (kernels/mask_bits.py), for the backward to read instead of out."""
+    if bits is not None and not relu:
+        raise ValueError("launch_forward: bits= is the ReLU mask; it needs relu=True")
     n, cin = x.shape[:2]
     cout, cs = weight.shape[1], skip.shape[1]
     kd, kh, kw = kernel_size(weight)
@@ -155,6 +161,7 @@ def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bi
     tiles = fixed_tiles(x.dtype)
     kernel = fwd.up_concat_forward_kernel if tiles else fwd.up_concat_forward_kernel_autotuned
     taps = kd * kh * kw
+    conv_bytes = mask_parts(x, weight, cs)[0]
 
     def grid(meta):
         bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
@@ -162,43 +169,58 @@ def launch_forward(x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bi
 
     launch(
         kernel, grid,
-        x, wk, bias if bias is not None else wk, skip, out,
-        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, up.start, sk.start,
+        x, wk, bias if bias is not None else wk, skip, out, bits if bits is not None else out,
+        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, up.start, sk.start, conv_bytes,
         *strides5(x), wk.stride(0), wk.stride(1), *strides5(wk)[2:], bias.stride(0) if bias is not None else 0,
         *strides5(skip), *strides5(out),
-        KD=kd, KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=relu, FLAT_X=flat_pixels((x,), (d, h, w)),
-        FLAT_SKIP=flat_pixels((skip, out), sizes3(skip)), **math_settings(x.dtype),
-        IDX64=needs_int64_offsets(x, wk, skip, out) or m * taps >= 2**31 - 1, **(tiles or {}),
+        KD=kd, KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=relu, WRITE_BITS=bits is not None,
+        FLAT_X=flat_pixels((x,), (d, h, w)), FLAT_SKIP=flat_pixels((skip, out), sizes3(skip)),
+        **math_settings(x.dtype), IDX64=needs_int64_offsets(x, wk, skip, out, *(() if bits is None else (bits,)))
+        or m * taps >= 2**31 - 1, **(tiles or {}),
     )
     return out
 
 
-# Tests set an int here to force the number of weight-gradient splits (1 = no reduction of dW).
+# Tests set an int here to force the number of weight-gradient splits of every tile (1 = no
+# reduction of dW).
 WEIGHT_GRAD_SPLITS = None
+# The SM count a launch that compiles without a GPU (the static compile report) models: an H100's.
+MODELLED_SMS = 132
 
 
-def weight_grad_splits(m: int, tiles: int, block_k: int, device: torch.device,
-                       read_bytes: int = 0, bytes_per_split: int = 0) -> int:
-    """How many pixel ranges dW is split into: enough programs to fill the device (twice its SMs),
-    never a range smaller than one block, and partials costing at most PARTIAL_BYTES_SHARE of
-    `read_bytes`. The interpreter takes 2 so tests cover the reduction."""
+def weight_grad_splits(blocks: int, tiles: int, device: torch.device, ctas_per_sm: int = 1) -> tuple:
+    """(S_LO, R_EXTRA): the weight gradient's `tiles` tiles take S_LO pixel ranges each, the first
+    R_EXTRA one more, over `blocks` pixel blocks. On a GPU, byte_model.weight_grad_layout: the grid
+    is whole waves of `ctas_per_sm` programs on every SM, at least 4 per SM (no wave with idle SMs,
+    enough programs to hide each one's start and its partial's store); the partials this costs are
+    read back at once, from L2. The interpreter takes two ranges per tile and one tile three, so
+    tests cover both kinds; a compile without a GPU models MODELLED_SMS."""
     if WEIGHT_GRAD_SPLITS is not None:
-        splits = WEIGHT_GRAD_SPLITS
-    elif device.type == "cuda":
-        splits = triton.cdiv(2 * torch.cuda.get_device_properties(device).multi_processor_count, tiles)
-        if bytes_per_split:
-            splits = min(splits, int(PARTIAL_BYTES_SHARE * read_bytes) // bytes_per_split)
-    else:
-        splits = 2
-    return max(1, min(triton.cdiv(m, block_k), splits))
+        return max(1, min(blocks, WEIGHT_GRAD_SPLITS)), 0
+    if device.type == "cuda":
+        return weight_grad_layout(tiles, blocks, torch.cuda.get_device_properties(device).multi_processor_count,
+                                  ctas_per_sm)
+    if interpreting():
+        programs = max(tiles, min(2 * tiles + 1, tiles * blocks))
+        return programs // tiles, programs % tiles
+    return weight_grad_layout(tiles, blocks, MODELLED_SMS, ctas_per_sm)
+
+
+def pixel_block_width(h: int, w: int, block_k: int) -> int:
+    """The backward_weight kernel's BLOCK_W: the widest power of two <= block_k dividing w, when
+    block_k // BLOCK_W rows divide h (a pixel block is then whole rows of one image plane, and
+    the kernel's offsets are a scalar per step plus a fixed tile); else 0 (per-pixel index math)."""
+    bw = min(block_k, w & -w)
+    return bw if h % (block_k // bw) == 0 else 0
 
 
 def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tensor, *,
-                    skip_first: bool, has_bias: bool):
-    """Gradients (dx, dskip, dweight, dbias) of up_concat. `out` is the forward's result when the
-    forward applied a ReLU (the mask is out <= 0, threshold_backward's), None when it did not.
-    dbias is zeros [Cout] when has_bias is False; dweight has weight's shape and dtype."""
-    relu = out is not None
+                    skip_first: bool, has_bias: bool, bits=None):
+    """Gradients (dx, dskip, dweight, dbias) of up_concat. After a ReLU the mask comes from
+    `bits`, the mask buffer the forward wrote (launch_forward's bits=), or else from `out`, the
+    forward's result (packed into bits here: out > 0 or NaN passes, threshold_backward's); both
+    None: no ReLU. dbias is zeros [Cout] when has_bias is False; dweight has weight's shape and dtype."""
+    relu = out is not None or bits is not None
     n, cin = x.shape[:2]
     cout = weight.shape[1]
     cs = grad.shape[1] - cout
@@ -215,14 +237,12 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     up, sk = channel_slices(cout, cs, skip_first)
     conv_c0, skip_c0 = up.start, sk.start
     wk = weight_for_kernels(weight)
-    mask_src = out if relu else grad  # read only when RELU
-    # The ReLU mask of the upsampled channels as bits, written by backward_input and read by
-    # backward_weight instead of out (1/16 of out's bytes in 16-bit).
-    nb = triton.cdiv(cout, 8)
-    bits = torch.empty(m * taps * nb if relu else 1, dtype=torch.uint8, device=x.device)
+    conv_bytes = mask_parts(x, weight, cs)[0]
+    if relu and bits is None:
+        bits = pack_relu_mask(out, weight, skip_first)
+    mask = bits if relu else grad  # read only when RELU
     math = math_settings(x.dtype)
-    math["IDX64"] = needs_int64_offsets(grad, mask_src, x, wk, dx, dskip, bits) or m * taps >= 2**31 - 1
-    sizes = dict(KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu)
+    math["IDX64"] = needs_int64_offsets(grad, mask, x, wk, dx, dskip) or m * taps >= 2**31 - 1
     tiles = fixed_tiles(x.dtype)
 
     def input_grid(meta):
@@ -232,15 +252,17 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     kernel = bwd.up_concat_backward_input_kernel if tiles else bwd.up_concat_backward_input_kernel_autotuned
     launch(
         kernel, input_grid,
-        grad, mask_src, wk, dx, dskip, bits,
-        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, conv_c0, skip_c0, nb,
-        *strides5(grad), *strides5(mask_src), wk.stride(0), wk.stride(1), *strides5(wk)[2:],
+        grad, mask, wk, dx, dskip,
+        n, d, h, w, d * h * w, cin, cout, cs, skip_pix, conv_c0, skip_c0, conv_bytes,
+        *strides5(grad), wk.stride(0), wk.stride(1), *strides5(wk)[2:],
         *strides5(dx), *strides5(dskip),
-        **sizes, FLAT_X=flat_pixels((dx,), (d, h, w)), FLAT_SKIP=flat_pixels((grad, mask_src, dskip), sizes3(dskip)),
-        **math, **(tiles or {}),
+        KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
+        FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
     )
 
-    dweight, dbias = launch_weight_grad(grad, mask_src, bits, x, weight, relu=relu, has_bias=has_bias,
+    # The weight gradient reads the upsampled channels' part of the bits (MASK_BITS), never out.
+    conv_bits = bits[:conv_bytes] if relu else torch.empty(1, dtype=torch.uint8, device=x.device)
+    dweight, dbias = launch_weight_grad(grad, grad, conv_bits, x, weight, relu=relu, has_bias=has_bias,
                                         conv_c0=conv_c0, math=math, tiles=tiles)
     return dx, dskip, dweight, dbias
 
@@ -248,51 +270,58 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
 def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias: bool, conv_c0: int, math: dict,
                        tiles):
     """(dweight, dbias) of up_concat: the weight-gradient kernel and the reduction of its
-    partials. `mask_src` and `bits` are launch_backward's (the ReLU mask); `math` its math
-    settings with IDX64; `tiles` the fixed tiles of the dtype, or None for the device's."""
+    partials. `bits` holds the ReLU mask of the upsampled channels ([M, T, cdiv(Cout, 8)] bytes;
+    read when relu); `mask_src` stands in for the 16-bit output the kernel can read instead (no
+    launcher does now); `math` is launch_backward's math settings with IDX64; `tiles` the fixed
+    tiles of the dtype, or None for the device's."""
     n, cin = x.shape[:2]
     cout = weight.shape[1]
     kd, kh, kw = kernel_size(weight)
     d, h, w = sizes3(x)
-    m = n * d * h * w
     taps = kd * kh * kw
     nb = triton.cdiv(cout, 8)
-    sizes = dict(KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu)
-    tiles = tiles or fixed_tile("backward_weight", operand_class(x.element_size(), math["INPUT_PRECISION"],
-                                                                channels_last_operand(x)))
+    operands = operand_class(x.element_size(), math["INPUT_PRECISION"], channels_last_operand(x))
+    tiles = tiles or fixed_tile("backward_weight", operands)
     block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
-    gemm_tiles = triton.cdiv(cin, block_m) * taps * triton.cdiv(cout, block_n)
+    # Columns are (tap, channel) pairs over Cout padded to a multiple of 16: whole mask bytes, and a
+    # divisor the compiler sees (an integer argument's divisibility by 16 is specialized), so the
+    # 8 columns of a byte are provably contiguous: 16-byte loads of grad.
+    cout_p = 16 * triton.cdiv(cout, 16)
+    n_col = triton.cdiv(taps * cout_p, block_n)
+    gemm_tiles = triton.cdiv(cin, block_m) * n_col
+    block_w = pixel_block_width(h, w, block_k)
+    blocks = n * (d * h * w // block_k if block_w else triton.cdiv(d * h * w, block_k))
+    occupancy = weight_grad_ctas_per_sm(tuple(tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps",
+                                                                 "num_stages")), x.element_size())
+    s_lo, r_extra = weight_grad_splits(blocks, gemm_tiles, x.device, occupancy)
+    slots = s_lo + (r_extra > 0)
+    direct = slots == 1
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    acc_size = 8 if x.dtype == torch.float64 else 4
-    read_bytes = x.element_size() * m * (cin + taps * cout) + bits.numel() * relu
-    splits = weight_grad_splits(m, gemm_tiles, block_k, x.device, read_bytes, 2 * acc_size * cin * taps * cout)
-    pixel_blocks = n * triton.cdiv(d * h * w, block_k)  # per image, as common.row_block
-    blocks_per_split = triton.cdiv(pixel_blocks, splits)
-    splits = triton.cdiv(pixel_blocks, blocks_per_split)
-    direct = splits == 1
     dweight = new_buffer(weight.shape, weight)
     dbias = new_buffer((cout,), weight) if has_bias else weight.new_zeros(cout)
-    # The partials are [splits, Cin, T, Cout] and [splits, T, Cout]: far under 2**31 elements.
-    db_part = new_buffer((splits, taps, cout), x, dtype=acc_dtype)
+    # The partials are [slots, Cin, T, Cout] and [slots, T, Cout]: far under 2**31 elements.
+    db_part = new_buffer((slots, taps, cout), x, dtype=acc_dtype)
     # With one split the kernel stores dW itself; db_part stands in for the unused dw_part.
-    dw_part = db_part if direct else new_buffer((splits, cin, taps, cout), x, dtype=acc_dtype)
+    dw_part = db_part if direct else new_buffer((slots, cin, taps, cout), x, dtype=acc_dtype)
     dw_strides = (dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:])
     launch(
-        bwd.up_concat_backward_weight_kernel, (splits * gemm_tiles,),
+        bwd.up_concat_backward_weight_kernel, (s_lo * gemm_tiles + r_extra,),
         grad, mask_src, x, dw_part, db_part, dweight, bits,
-        n, d, h, w, d * h * w, cin, cout, conv_c0, blocks_per_split, nb,
+        n, d, h, w, d * h * w, cin, cout, cout_p, conv_c0, nb, gemm_tiles, s_lo, r_extra,
         *strides5(grad), *strides5(mask_src), *strides5(x), *dw_strides,
-        **sizes, HAS_BIAS=has_bias, DIRECT=direct, FLAT_X=flat_pixels((x,), (d, h, w)), **math, **tiles,
+        KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu, HAS_BIAS=has_bias, DIRECT=direct,
+        FLAT_X=flat_pixels((x,), (d, h, w)), BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tiles,
     )
 
     elements = 0 if direct else cin * taps * cout
-    programs = triton.cdiv(elements, REDUCE_BLOCK) + (triton.cdiv(cout, REDUCE_BLOCK) if has_bias else 0)
+    programs = triton.cdiv(elements, REDUCE_BLOCK) + (triton.cdiv(cout, REDUCE_CHANNELS) if has_bias else 0)
     if programs:
         launch(
             bwd.up_concat_weight_reduce_kernel, (programs,),
             dw_part, db_part, dweight, dbias,
-            splits, cin, cout, elements,
+            cin, cout, cout_p, elements, n_col, block_m, block_n, s_lo, r_extra,
             *dw_strides, dbias.stride(0),
-            KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
+            KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, BLOCK_S=REDUCE_ROWS,
+            BLOCK_O=REDUCE_CHANNELS, num_warps=REDUCE_WARPS,
         )
     return dweight, dbias

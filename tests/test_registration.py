@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unet_fast import ReferenceUNet, UNet, up_concat
+from unet_fast import ReferenceUNet, UNet, reference, up_concat
 from helpers import DEVICE, PATHS, assert_close_to_reference, make_inputs, select_path
 
 
@@ -25,6 +25,37 @@ def test_opcheck_up_concat_backward(monkeypatch, path):
     grad = torch.randn_like(out)
     torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, out, x, weight, True, False))
     torch.library.opcheck(torch.ops.unet_fast.up_concat_backward.default, (grad, None, x, weight, False, True))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_opcheck_up_concat_masked(monkeypatch, path, layout):
+    """The training forward (result and ReLU mask bits) and the backward that reads the bits."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(2, 3, 11, 5, 2, 3, torch.float32,
+                                                                     memory_format=layout)]
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_masked.default, (x, skip, weight, bias, False))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_masked.default, (x, skip, weight, None, True))
+    out, bits = torch.ops.unet_fast.up_concat_masked(x, skip, weight, bias, False)
+    grad = torch.randn_like(out)
+    args = (grad, bits, x.detach(), weight.detach())
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_masked_backward.default, (*args, True, False))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_masked_backward.default, (*args, False, True))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_compiled_training_step_takes_the_masked_op(monkeypatch, path):
+    """torch.compile(fullgraph=True) of a training step with ReLU: the masked op where the kernels
+    run (the plain op on the PyTorch path), gradients as the reference's."""
+    select_path(monkeypatch, path)
+    torch._dynamo.reset()
+    x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(2, 3, 11, 5, 2, 3, torch.float32)]
+    step = torch.compile(lambda *a: up_concat(*a, relu=True).square().sum(), fullgraph=True)
+    step(x, skip, weight, bias).backward()
+    leaves = [t.detach().double().requires_grad_() for t in (x, skip, weight, bias)]
+    reference.up_concat(*leaves, relu=True).square().sum().backward()
+    for name, got, want in zip(("x", "skip", "weight", "bias"), (x, skip, weight, bias), leaves):
+        assert_close_to_reference(got.grad, want.grad, torch.float32, f"compiled grad of {name}")
 
 
 @pytest.mark.gpu  # run by benchmarks/gpu_run.sh too: torch.compile of UNet, compiled kernels

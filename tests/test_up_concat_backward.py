@@ -122,11 +122,15 @@ def _drop_relu_mask(monkeypatch, path, part):
         from unet_fast.kernels import up_concat_backward as bwd_module
         if not common.interpreting():
             # A compiled kernel keeps the callee it was compiled with; only the interpreter
-            # looks masked_grad up at every call.
-            pytest.skip("masked_grad can be swapped only under Triton's interpreter")
-        real = bwd_module.masked_grad
-        monkeypatch.setattr(bwd_module, "masked_grad",
-                            lambda g_ptrs, o_ptrs, mask, RELU, UPCAST: real(g_ptrs, o_ptrs, mask, False, UPCAST))
+            # looks the mask helpers up at every call.
+            pytest.skip("the mask helpers can be swapped only under Triton's interpreter")
+        import triton.language as tl
+
+        # backward_input reads the mask bits through these two helpers: every gradient passes.
+        monkeypatch.setattr(bwd_module, "load_mask_bits", lambda bits_ptr, pix, mask_p, tap, o0, NB, T, BLOCK_P,
+                            BLOCK_O: tl.full((BLOCK_P, BLOCK_O), True, tl.int1))
+        monkeypatch.setattr(bwd_module, "load_skip_bits", lambda skip_bits_ptr, rows, mask_p, c0, NBS, BLOCK_P,
+                            BLOCK_C: tl.full((BLOCK_P, BLOCK_C), True, tl.int1))
 
 
 # (path, which mask is dropped, the gradient that must report it first)

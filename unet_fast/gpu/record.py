@@ -13,10 +13,11 @@ Inside `record_mode(capability)`:
   asserts, its gradients) runs to the end on CPU tensors unchanged;
 - the weight-gradient split count is the H200's (132 SMs), as on the GPU: it is an integer
   argument of a kernel, so its divisibility by 16 selects a compiled kernel too;
-- meta tensors (shapes and strides, no storage) launch too: the op's Meta kernel, which is its
-  fake implementation, is overridden for the block by the op's own implementation (a row's error
-  against the reference reads NaN there: reference.relative_error). So a part whose other layers
-  would need tens of GB at the GPU's sizes (a UNet at batch 8 on 512x512, nnU-Net at 128^3) runs
+- meta tensors (shapes and strides, no storage) launch too: the ops' Meta kernels (unet_fast::up_concat,
+  its masked variant for training, and their backward ops), their fake implementations, are
+  overridden for the block by the ops' own implementations (a row's error against the reference
+  reads NaN there: reference.relative_error). So a part whose other layers would need tens of GB
+  at the GPU's sizes (a UNet at batch 8 on 512x512, nnU-Net at 128^3) runs
   on the meta device in seconds and launches exactly what it would on CPU tensors of those shapes
   (Triton specializes on dtypes, integer values and pointer alignment; a meta tensor's data_ptr is
   0 plus its offset, aligned as a fresh allocation is).
@@ -32,6 +33,7 @@ from types import SimpleNamespace
 import torch
 
 from unet_fast import reference
+from unet_fast.ops import relu_mask
 # Bound now: a test that spies on the op (making its PyTorch path fail, to prove the kernels ran)
 # must not catch record mode filling in the launchers' results with it.
 from unet_fast.ops.torch_path import backward as torch_path_backward
@@ -97,6 +99,8 @@ def _wrap_forward(original):
             with torch.no_grad():
                 result.copy_(forward_result(p["x"], p["skip"], p["weight"], p["bias"], p["relu"],
                                             p.get("skip_first", False)))
+                if p.get("bits") is not None:  # the ReLU mask the forward writes for the backward
+                    p["bits"].copy_(relu_mask.pack_relu_mask(result, p["weight"], p.get("skip_first", False)))
         return result
     launch_forward.__wrapped__ = original
     return launch_forward
@@ -113,7 +117,11 @@ def _wrap_backward(original):
         p = a.arguments
         if _state.compute and p["x"].numel() and not p["x"].is_meta:
             with torch.no_grad():
-                values = backward_result(p["grad"], p["out"], p["x"], p["weight"], p.get("skip_first", False),
+                out = p["out"]
+                if out is None and p.get("bits") is not None:  # the mask as bits: an output with that mask
+                    out = relu_mask.unpack_relu_mask(p["bits"], p["x"], p["weight"], p["grad"].shape,
+                                                     p.get("skip_first", False)).to(p["grad"].dtype)
+                values = backward_result(p["grad"], out, p["x"], p["weight"], p.get("skip_first", False),
                                          p["has_bias"])
                 for buffer, value in zip(result, values):
                     if buffer.shape == value.shape:
@@ -179,11 +187,13 @@ def _meta_tensors_launch():
     """The op's Meta kernels are its own CPU/CUDA implementations for the block (which, with
     `uses_triton` replaced, call the recording launchers); Library._destroy restores the fake
     implementations."""
-    from unet_fast.ops import up_concat_op
+    from unet_fast.ops import up_concat_masked_op, up_concat_op
 
     library = torch.library.Library("unet_fast", "IMPL")
     library.impl("up_concat", up_concat_op.forward_impl, "Meta")
     library.impl("up_concat_backward", up_concat_op.backward_impl, "Meta")
+    library.impl("up_concat_masked", up_concat_masked_op.masked_forward_impl, "Meta")
+    library.impl("up_concat_masked_backward", up_concat_masked_op.masked_backward_impl, "Meta")
     try:
         yield
     finally:
