@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent('''
     import triton
     import triton.language as tl
     from unet_fast.gpu.static_compile import configs_of
-    from unet_fast.kernels import common, up_concat_backward, up_concat_forward
+    import importlib, pkgutil
+    from unet_fast import kernels
     from unet_fast.kernels.offline_target import offline_target
     from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward, recording_launches
 
@@ -31,9 +32,11 @@ SCRIPT = textwrap.dedent('''
             return v.to(tl.int64)
         return v
 
-    if sys.argv[1] == "old":
-        for module in (common, up_concat_forward, up_concat_backward):
-            module.as_offset = old_as_offset
+    if sys.argv[1] == "old":  # into every kernel module that imported the helper
+        for info in pkgutil.iter_modules(kernels.__path__):
+            module = importlib.import_module(f"unet_fast.kernels.{info.name}")
+            if hasattr(module, "as_offset"):
+                module.as_offset = old_as_offset
 
     rows = []
 

@@ -11,6 +11,12 @@ cudnn.allow_tf32 (PyTorch's default); "fp32" is float32 without it. Each step is
 ReLU and bias and with neither, and each of those with int64 offsets (IDX64) forced on and off.
 Beside each row, the kernel's byte model (kernels/byte_model.py): DRAM bytes moved as written
 against the floor, the ratio, and the implied H100 / H200 time range -- MODELLED, NOT MEASURED.
+Beside those, the time model of an H100 SXM (kernels/time_model.py, MODELLED, NOT MEASURED): the
+grid, CTAs per SM, waves on 132 and 114 SMs, the K loop's SASS instructions per warp and per 64^3
+multiply-adds (sm_90, read with cuobjdump), L2 bytes, the binding bound and the modelled time; and
+after the rows, per step and direction (forward, backward, a full training step), the floor's time,
+the fused op's modelled time and its percentage of the floor's speed, and eager and torch.compile
+modelled the same way.
 
 Steps: the default UNet's 2-D steps up3, up2, up1 (batch 8) and nnU-Net's 3-D steps 3d5 ... 3d1
 plus the anisotropic 3da (batch 2): unet_fast.cases.report_cases.
@@ -28,6 +34,7 @@ import json
 import sys
 
 from unet_fast import names
+from unet_fast.cli import non_negative_int
 from unet_fast.errors import InputError
 from unet_fast.workflow.atomic_write import atomic_write_text, check_report_file
 
@@ -38,13 +45,18 @@ CASE_CHOICES = ("up3", "up2", "up1", "3d5", "3d4", "3d3", "3d2", "3d1", "3da")  
 # was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
 MAX_SPILL_BYTES = 0
 COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), ("config", "{}"),
-           ("relu", "{}"), ("has_bias", "{}"), ("idx64", "{}"),
+           ("relu", "{}"), ("has_bias", "{}"), ("idx64", "{}"), ("write_bits", "{}"),
            ("registers", "{}"), ("spill_stores", "{}"), ("shared", "{}"), ("shared_limit", "{}"),
            ("tensor_cores", "{}"), ("cp_async", "{}"), ("widest_load", "{}"), ("widest_store", "{}"),
            ("scalar_16bit_loads", "{}"), ("atomics", "{}"), ("compile_s", "{:.1f}"),
            ("moved_mb", "{:.1f}"), ("floor_mb", "{:.1f}"), ("x_floor", "{:.2f}"), ("h100_us", "{}"),
-           ("h200_us", "{}"))
+           ("h200_us", "{}"), ("programs", "{}"), ("ctas_per_sm", "{}"), ("waves", "{}"), ("k_loop", "{}"),
+           ("per_64cube", "{:.0f}"), ("l2_mb", "{:.1f}"), ("bound", "{}"), ("modelled_us", "{:.1f}"))
+STEP_COLUMNS = (("step", "{}"), ("dtype", "{}"), ("layout", "{}"), ("direction", "{}"), ("floor_us", "{:.1f}"),
+                ("fused_us", "{:.1f}"), ("pct_of_floor", "{:.0f}%"), ("eager_us", "{:.1f}"), ("compile_us", "{:.1f}"))
 SIXTEEN_BIT = ("bf16", "fp16")
+# The fused op's backward launches (weight_reduce: absent when nothing is left to reduce).
+BACKWARD_KERNELS = ("backward_input", "backward_weight", "weight_reduce")
 
 
 def _choices(text, choices, option, canonical=None):
@@ -63,7 +75,7 @@ def add_arguments(parser) -> None:
                              "up1) and nnU-Net's 3-D ones at batch 2 (3d5 ... 3d1, 3da) (default all)")
     parser.add_argument("--dtype", default=",".join(DTYPE_CHOICES), help="comma list (default all)")
     parser.add_argument("--layout", default=",".join(LAYOUT_CHOICES), help="comma list (default both)")
-    parser.add_argument("--max-spill", type=int, default=MAX_SPILL_BYTES,
+    parser.add_argument("--max-spill", type=non_negative_int, default=MAX_SPILL_BYTES,
                         help=f"spill bytes per thread above which a row fails (default {MAX_SPILL_BYTES})")
     parser.add_argument("--json", metavar="FILE", help="also write the rows, with versions and commit")
 
@@ -98,6 +110,45 @@ def format_static_table(rows) -> str:
     return "\n".join(lines)
 
 
+def step_table(rows, cases) -> list:
+    """Per step (sm_90 rows, each dtype and layout) and direction: the floor, the fused op, eager and
+    torch.compile, all modelled (kernels/time_model.py). The step's own variant (ReLU and bias as
+    the step has them), int32 offsets; of a kernel's configs the one modelled fastest, as the
+    autotuner would keep the fastest. 'full' is a training step: its forward also writes the mask."""
+    from unet_fast.kernels import time_model
+    by_name = {c.name: c for c in cases}
+    best = {}
+    for r in rows:
+        step = by_name.get(r.get("case"))
+        if (r.get("arch") != "sm_90" or r.get("idx64") or r.get("modelled_us") is None or step is None
+                or r.get("step_relu") != step.relu):
+            continue
+        kernels = best.setdefault((r["case"], r["dtype"], r["layout"], r["step_bias"]), {})
+        key = (r["kernel"], bool(r.get("write_bits")))
+        kernels[key] = min(kernels.get(key, float("inf")), r["modelled_us"] * 1e-6)
+    table = []
+    for (case, dtype, layout, has_bias), kernels in best.items():
+        step, elem = by_name[case], names.DTYPES[dtype][0].itemsize
+        if ("forward", False) not in kernels or not all((k, False) in kernels for k in BACKWARD_KERNELS[:2]):
+            continue
+        forward = kernels[("forward", False)]
+        backward = sum(kernels.get((k, False), 0.0) for k in BACKWARD_KERNELS)
+        training_forward = kernels.get(("forward", True), forward)
+        for direction, fused in (("forward", forward), ("backward", backward), ("full", training_forward + backward)):
+            row = time_model.step_table_row(step, direction, fused, elem, dtype, has_bias=has_bias)
+            table.append(dict(row, dtype=dtype, layout=layout))
+    return table
+
+
+def format_step_table(table) -> str:
+    head = [name for name, _ in STEP_COLUMNS]
+    cells = [[fmt.format(r[k]) for k, fmt in STEP_COLUMNS] for r in table]
+    widths = [max(len(c) for c in col) for col in zip(head, *cells)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     if args.json:  # now, not after the compiles
         check_report_file(args.json, "--json")
@@ -125,16 +176,26 @@ def run(args) -> int:
           f"triton {triton_version()}, commit {git_commit()}")
     print("moved_mb / floor_mb / x_floor / h100_us / h200_us: the byte model (kernels/byte_model.py), "
           "modelled, not measured")
+    print("programs / ctas_per_sm / waves (on 132/114 SMs) / k_loop (SASS per warp of the K loop) / per_64cube "
+          "(warp-instructions per 64^3 multiply-adds) / l2_mb / bound / modelled_us: the time model of an H100 SXM "
+          "(kernels/time_model.py), modelled, not measured")
     for arch in arches:
         print(f"\nsm_{arch}:")
         print(format_static_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
+    steps = step_table(rows, cases)
+    if steps:
+        print("\nPer step on an H100 SXM, MODELLED, NOT MEASURED (kernels/time_model.py): floor = the step's floor "
+              "bytes at 3.0 TB/s; fused = the sum of its kernels' modelled times (each kernel's fastest config); "
+              "pct_of_floor = floor / fused; eager and torch.compile modelled pass by pass")
+        print(format_step_table(steps))
     found = problems(rows, args.max_spill)
     if args.json:
         meta = dict(kind="static analysis: compiled for the GPU on a CPU, not run, not timed",
                     triton=triton_version(), commit=git_commit(), arches=[f"sm_{a}" for a in arches],
                     max_spill=args.max_spill, problems=found,
                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        steps_doc = dict(kind="modelled, not measured (kernels/time_model.py)", rows=steps)
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows, "steps": steps_doc}, indent=1) + "\n")
     for line in found:
         print(f"FAIL {line}", file=sys.stderr)
     print(f"\n{len(rows)} kernels compiled, {len(found)} problems", file=sys.stderr)

@@ -1,17 +1,20 @@
 """Compile the up_concat kernels for a GPU this machine does not have, and read what the GPU
 would get: registers, spills, shared memory, tensor-core and async-copy instructions, scalar
-16-bit global loads and atomics; beside each row, the kernel's byte model (kernels/byte_model.py:
-modelled, not measured).
+16-bit global loads and atomics; beside each row, the kernel's byte model (kernels/byte_model.py)
+and time model (kernels/time_model.py, with the K loop read from the SASS by gpu/sass.py):
+modelled, not measured.
 
 Static analysis, not a timing. The real launchers (kernels/up_concat_launch.py) run on empty CPU
 tensors of each case's shapes, so every specialization (divisible strides, stride-1 dimensions,
 dtypes) and every config the autotuner keeps after pruning is what a launch on the GPU would
 compile. Kernels are compiled into a fresh cache so that ptxas runs and reports on each.
 """
+import concurrent.futures
 import contextlib
 import io
 import os
 import re
+import subprocess
 import tempfile
 import time
 
@@ -104,9 +107,11 @@ class _Compiler:
 
     def __init__(self, capability: int):
         from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
+        self.capability = capability
         self.shared_limit = SHARED_MEMORY_LIMIT[capability]
         self.context = {}
         self.rows = []
+        self.pending = []
         # Compile the int64-offset variant of every launch that has one (IDX64 forced on): the
         # variant a launch takes when a tensor spans 2**31 elements, which the report's shapes
         # do not reach.
@@ -141,7 +146,30 @@ class _Compiler:
         resources, seconds = _COMPILED[compiled.hash]
         row.update(resources, shared=compiled.metadata.shared, compile_s=seconds,
                    **ptx_features(compiled.asm["ptx"]))
+        row["write_bits"] = bool(kwargs.get("WRITE_BITS"))
+        row["programs"] = (grid(kwargs) if callable(grid) else grid)[0]
+        sass = None
+        if (self.capability == TIME_MODEL_CAPABILITY and row["tensor_cores"] != "-" and not self.force_idx64
+                and compiled.asm.get("cubin")):
+            # The K loop of what the report's shapes launch: int64 offsets forced on (a compile check)
+            # would double cuobjdump's share of the report's time (0.4 s of CPU per kernel).
+            sass = disassemble(compiled)
+        # The time-model columns wait for the disassembly (finish_time_model), which runs meanwhile.
+        launch_args = {k: v for k, v in {**dict(zip(fn.arg_names, args)), **kwargs}.items() if isinstance(v, int)}
+        self.pending.append((row, _current_step, dict(kwargs, num_warps=compiled.metadata.num_warps), sass,
+                             launch_args))
         self.rows.append(row)
+
+    def finish_time_model(self):
+        for row, step, kwargs, sass, launch_args in self.pending:
+            summary = None
+            if sass is not None:
+                try:
+                    summary = sass.result()
+                except (OSError, subprocess.CalledProcessError) as e:  # no K-loop columns, the row says why
+                    row["sass_error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            row.update(time_model_columns(row, step, kwargs, summary, launch_args, self.capability))
+        self.pending = []
 
 
 def _empty(shape, dtype, fmt):
@@ -165,11 +193,74 @@ def byte_model_columns(row, kwargs) -> dict:
                 h100_us="{:.1f}-{:.1f}".format(*m["h100_us"]), h200_us="{:.1f}-{:.1f}".format(*m["h200_us"]))
 
 
+# Compiled kernel hash -> the future of its (SASS instructions, k_loop): cuobjdump runs once per
+# kernel binary, in threads beside the compiles (it takes about a third of a second per kernel).
+_SASS = {}
+_DISASSEMBLERS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="cuobjdump")
+# The time model is of an H100 (sm_90): other architectures' rows get occupancy alone.
+TIME_MODEL_CAPABILITY = 90
+
+
+def _sass_summary(cubin: bytes, warps: int) -> tuple:
+    from unet_fast.gpu import sass
+    text = sass.sass_of(cubin)
+    return len(sass.instructions(text)), sass.k_loop(text, warps)
+
+
+def disassemble(compiled):
+    """A future of (instructions in the SASS, sass.k_loop of it) of a compiled kernel."""
+    if compiled.hash not in _SASS:
+        _SASS[compiled.hash] = _DISASSEMBLERS.submit(_sass_summary, compiled.asm["cubin"], compiled.metadata.num_warps)
+    return _SASS[compiled.hash]
+
+
+def time_model_columns(row, step, kwargs, sass, launch_args, capability) -> dict:
+    """The time model's columns of a compiled row (kernels/time_model.py: MODELLED, NOT MEASURED):
+    CTAs per SM and waves on 132 / 114 SMs; on sm_90 the K loop's SASS per warp and per 64^3
+    multiply-adds, L2 bytes, the four bounds, the binding one and the modelled time in microseconds.
+    sass: (SASS instructions, sass.k_loop) or None (not disassembled: no tensor-core instruction,
+    or not sm_90); launch_args: the launch's integer arguments by name (the K loop's bounds)."""
+    from unet_fast.kernels import byte_model, time_model
+    warps = kwargs["num_warps"]
+    if row.get("registers") is None:
+        return {}
+    ctas = time_model.ctas_per_sm(row["registers"], warps, row["shared"], capability)
+    cols = dict(ctas_per_sm=ctas, waves="{:.2f}/{:.2f}".format(
+        time_model.waves(row["programs"], ctas), time_model.waves(row["programs"], ctas, time_model.SMS_PCIE)))
+    if capability != TIME_MODEL_CAPABILITY or step is None or row["kernel"] not in byte_model.KERNELS:
+        return cols
+    total, loop = sass or (0, None)
+    if loop:
+        cols.update(k_loop=loop["instructions"], per_64cube=loop["per_64cube"])
+    elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
+    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
+    m = byte_model.kernel_bytes(row["kernel"], step, elem, relu=row["relu"], has_bias=row["has_bias"], tile=tile)
+    cols["l2_mb"] = m["l2_bytes"] / 1e6
+    gemm = dict(gemm_programs=0)
+    if tile is not None:  # a GEMM kernel without a tensor-core loop (fp32 without TF32) is not modelled
+        if not loop or row.get("dtype") not in time_model.TENSOR_FLOPS:
+            return cols
+        k_iterations = time_model.k_iterations(row["kernel"], step, tile, launch_args)
+        gemm = dict(gemm_programs=time_model.gemm_programs(row["kernel"], step, tile, row["programs"]),
+                    k_iterations=k_iterations, loop_instructions=loop["instructions"], loop_macs=loop["macs"],
+                    tensor_flops=time_model.TENSOR_FLOPS[row["dtype"]])
+        cols["k_iterations"] = k_iterations
+    # A kernel with no tensor-core instruction (the dW reduction) is not disassembled: its issue
+    # bound is left at zero, and DRAM or L2 binds.
+    outside = (total - (loop["instructions"] if loop else 0)) * time_model.OUTSIDE_LOOP_SHARE
+    t = time_model.kernel_time(dram_bytes=m["moved"], l2_bytes=m["l2_bytes"], programs=row["programs"],
+                               outside_instructions=outside, warps=warps, ctas=ctas, **gemm)
+    cols.update(warps_per_scheduler=t["warps_per_scheduler"], bound=t["bound"], modelled_us=t["seconds"] * 1e6,
+                **{f"{k}_us": t[k] * 1e6 for k in ("dram", "l2", "issue", "tensor")})
+    return cols
+
+
 def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = True):
     """The forward and the backward launches of one decoder step (a cases.StepCase, 2-D or 3-D),
     on empty tensors. `fmt`: a layout name or a torch memory format (channels_last means
     channels_last_3d for a 3-D step)."""
     from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward
+    from unet_fast.ops.relu_mask import new_mask_buffer
     ndim = 2 + len(case.spatial)
     if isinstance(fmt, str):
         fmt = names.memory_format(fmt, ndim)
@@ -180,7 +271,11 @@ def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = Tr
     weight = torch.empty(case.cin, case.cout, *case.kernel, dtype=dtype)
     bias = torch.empty(case.cout, dtype=dtype) if has_bias else None
     out = launch_forward(x, skip, weight, bias, relu=relu, skip_first=False)
-    launch_backward(torch.empty_like(out), out if relu else None, x, weight, skip_first=False, has_bias=has_bias)
+    bits = None
+    if relu:  # a training step's forward also writes the ReLU mask as bits, which the backward reads
+        bits = new_mask_buffer(x, weight, case.cs)
+        launch_forward(x, skip, weight, bias, relu=True, skip_first=False, out=out, bits=bits)
+    launch_backward(torch.empty_like(out), None, x, weight, skip_first=False, has_bias=has_bias, bits=bits)
 
 
 @contextlib.contextmanager
@@ -221,12 +316,14 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
                     _current_step = case
                     for relu, has_bias in VARIANTS:
                         for idx64 in (False, True):
-                            compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout)
+                            compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout,
+                                                    step_relu=relu, step_bias=has_bias)
                             compiler.force_idx64 = idx64
                             launch_decoder_step(case, dtype, layout, relu, has_bias)
                     if progress:
                         progress(f"sm_{capability} {dtype_name} {layout} {case.name}")
     _current_step = None
+    compiler.finish_time_model()
     return compiler.rows
 
 

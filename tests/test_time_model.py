@@ -1,0 +1,211 @@
+"""The time model (kernels/time_model.py), the K-loop reader (unet_fast/gpu/sass.py) and the byte
+model's step floors (kernels/byte_model.py), pinned on figures computed by hand.
+
+MODELLED, NOT MEASURED: these check the arithmetic of the model, not a GPU."""
+import pytest
+
+from unet_fast.cases import report_cases
+from unet_fast.gpu import sass
+from unet_fast.kernels import byte_model, time_model as tm
+
+STEPS = {s.name: s for s in report_cases()}
+
+
+def test_ctas_per_sm_takes_the_tightest_resource():
+    # Registers: 145 per thread round up to 152; 152 x 32 = 4,864 per warp; 65,536 // 4,864 = 13 warps:
+    # one 8-warp CTA. At 128 registers, 4,096 per warp: 16 warps, two CTAs.
+    assert tm.ctas_per_sm(145, 8, 0) == 1
+    assert tm.ctas_per_sm(128, 8, 0) == 2
+    assert tm.ctas_per_sm(129, 8, 0) == 1  # 136 x 32 x 8 = 34,816: one CTA
+    assert tm.ctas_per_sm(100, 4, 0) == 4  # 104 x 32 = 3,328 per warp: 19 warps (20 without the rounding)
+    # Shared memory: 233,472 // (73,728 + 1,024) = 3 on sm_90; 167,936 // 74,752 = 2 on sm_80.
+    assert tm.ctas_per_sm(64, 8, 73728) == 3
+    assert tm.ctas_per_sm(64, 8, 73728, capability=80) == 2
+    # Warps: 8 warps of 32 registers: registers allow 64 warps, 64 // 8 = 8 CTAs.
+    assert tm.ctas_per_sm(32, 8, 0) == 8
+    # CTAs: one-warp CTAs stop at 32.
+    assert tm.ctas_per_sm(32, 1, 0) == 32
+
+
+def test_waves_and_issue_efficiency():
+    assert tm.waves(264, 2) == pytest.approx(1.0)
+    assert tm.waves(264, 2, tm.SMS_PCIE) == pytest.approx(264 / 228)
+    assert [tm.issue_efficiency(w) for w in (1, 2, 3, 4, 6)] == [0.5, 0.7, 0.85, 1.0, 1.0]
+
+
+# A K loop of 100 instructions per warp, 10 iterations of 64^3 multiply-adds, 50 instructions outside
+# it, 4 warps, 2 CTAs per SM, 264 programs: 2 per SM.
+LOOP = dict(programs=264, gemm_programs=264, k_iterations=10, loop_instructions=100, loop_macs=64 ** 3,
+            outside_instructions=50, warps=4, ctas=2)
+# Issue: each SM runs 2 programs of 4 warps x (100 x 10 + 50) warp-instructions = 8,400 over 4
+# schedulers with 2 warps each (70% of the slots): 2,100 / (1.75e9 x 0.7) s.
+ISSUE_S = 2100 / (1.75e9 * 0.7)
+# Tensor cores: 2 programs x 10 x 64^3 multiply-adds x 2 FLOPs at 800e12 / 132 FLOP/s per SM.
+TENSOR_S = 2 * 10 * 64 ** 3 * 2 / (800e12 / 132)
+
+
+def test_kernel_time_is_the_largest_bound_plus_a_launch():
+    t = tm.kernel_time(dram_bytes=0, l2_bytes=0, **LOOP)
+    assert t["issue"] == pytest.approx(ISSUE_S) and t["tensor"] == pytest.approx(TENSOR_S)
+    assert t["warps_per_scheduler"] == 2 and t["bound"] == "tensor"
+    assert t["seconds"] == pytest.approx(TENSOR_S + 4e-6)
+    # Each bound in turn the largest.
+    dram = tm.kernel_time(dram_bytes=3.0e12 * 5e-6, l2_bytes=0, **LOOP)
+    assert dram["bound"] == "dram" and dram["seconds"] == pytest.approx(5e-6 + 4e-6)
+    l2 = tm.kernel_time(dram_bytes=3.0e12 * 5e-6, l2_bytes=7.0e12 * 6e-6, **LOOP)
+    assert l2["bound"] == "l2" and l2["seconds"] == pytest.approx(6e-6 + 4e-6)
+    issue = tm.kernel_time(dram_bytes=0, l2_bytes=0, **dict(LOOP, loop_instructions=1000))
+    assert issue["bound"] == "issue"
+    assert issue["issue"] == pytest.approx(2 * 4 * (1000 * 10 + 50) / 4 / (1.75e9 * 0.7))
+
+
+def test_a_partial_wave_costs_a_whole_one_and_one_warp_per_scheduler_is_derated():
+    one_each = tm.kernel_time(dram_bytes=0, l2_bytes=0, **dict(LOOP, programs=132, gemm_programs=132))
+    # 132 programs: one per SM, one warp per scheduler (50% of the slots).
+    assert one_each["warps_per_scheduler"] == 1
+    assert one_each["issue"] == pytest.approx(4 * 1050 / 4 / (1.75e9 * 0.5))
+    # One program more: some SM runs two, at two warps per scheduler.
+    one_more = tm.kernel_time(dram_bytes=0, l2_bytes=0, **dict(LOOP, programs=133, gemm_programs=133))
+    assert one_more["issue"] == pytest.approx(ISSUE_S)
+    assert one_more["tensor"] == pytest.approx(2 * one_each["tensor"])
+
+
+def test_copy_programs_add_their_share_of_the_outside_code():
+    t = tm.kernel_time(dram_bytes=0, l2_bytes=0, **dict(LOOP, programs=264 + 132))
+    # 132 copy programs: one more per SM running its 50 warp-instructions per warp; still 2 CTAs
+    # resident at a time (ctas=2).
+    assert t["issue"] == pytest.approx((2 * 1050 + 50) * 4 / 4 / (1.75e9 * 0.7))
+
+
+def test_k_iterations_and_gemm_programs_follow_the_tile():
+    up3 = STEPS["up3"]  # x [8, 512, 64, 64] -> 256 + 256, 2x2
+    assert tm.k_iterations("forward", up3, (128, 64, 64)) == 8                # 512 / 64
+    assert tm.k_iterations("backward_input", up3, (128, 64, 64)) == 16        # 4 taps x 256 / 64
+    # The weight gradient: 8 images x 4096 pixels in blocks of 64 = 512, over the launch's splits.
+    assert tm.k_iterations("backward_weight", up3, (64, 64, 64)) == 512
+    assert tm.k_iterations("backward_weight", up3, (64, 64, 64), dict(S_LO=16, BLOCK_W=64)) == 32
+    assert tm.k_iterations("backward_weight", up3, (64, 64, 64), dict(S_LO=3)) == 171
+    assert tm.k_iterations("backward_weight", up3, (64, 64, 64), dict(BLOCKS_PER_SPLIT=256)) == 256
+    # 8 images x 4096 / 128 row blocks x 4 taps x 256 / 64 Cout tiles; dx: x 512 / 64 Cin tiles.
+    assert tm.gemm_programs("forward", up3, (128, 64, 64), 8192) == 4096
+    assert tm.gemm_programs("backward_input", up3, (128, 64, 64), 6144) == 2048
+    assert tm.gemm_programs("backward_weight", up3, (64, 64, 64), 256) == 256
+
+
+def test_eager_and_compile_bytes_of_the_deep_2d_step():
+    """up3 in bf16: x 33,554,432 bytes, w 1,048,576, bias 512, y (upsampled) 67,108,864, skip
+    67,108,864. Eager forward: the convolution (x + w + bias + y), cat (reads y and skip, writes
+    both) and ReLU (reads and writes the output); torch.compile: cat and ReLU in one copy."""
+    up3 = STEPS["up3"]
+    x, w, bias, y, skip = 33554432, 1048576, 512, 67108864, 67108864
+    eager = dict((name, b) for name, b, _ in tm.eager_passes(up3, "forward"))
+    assert eager == dict(conv_transpose=x + w + bias + y, cat=2 * (y + skip), relu=2 * (y + skip))
+    compiled = dict((name, b) for name, b, _ in tm.compile_passes(up3, "forward"))
+    assert compiled == dict(conv_transpose=x + w + bias + y, cat_relu=2 * (y + skip))
+    fused = byte_model.step_floor(up3, "forward")
+    assert sum(eager.values()) / fused == pytest.approx(2.71, abs=0.01)
+    assert sum(compiled.values()) / fused == pytest.approx(1.57, abs=0.01)
+    backward = dict((name, b) for name, b, _ in tm.eager_passes(up3, "backward"))
+    assert backward == dict(threshold_backward=3 * (y + skip), split_copy=2 * (y + skip),
+                            conv_data_grad=y + w + x, conv_weight_grad=y + x + w, bias_sum=y + bias)
+    flops = 2 * 32768 * 512 * 256 * 4
+    assert {f for _, _, f in tm.eager_passes(up3, "backward")} == {0, flops}
+    # Each pass: max(bytes at 3.0 TB/s, FLOPs at 800 TFLOP/s) + 4 us.
+    assert tm.pass_time(y + w + x, flops) == pytest.approx(flops / 800e12 + 4e-6)
+    assert tm.pass_time(2 * (y + skip)) == pytest.approx(2 * (y + skip) / 3.0e12 + 4e-6)
+
+
+def test_step_table_row_compares_against_the_floor():
+    up1 = STEPS["up1"]
+    floor = byte_model.step_floor(up1, "forward") / 3.0e12
+    row = tm.step_table_row(up1, "forward", 2 * floor)
+    assert row["floor_us"] == pytest.approx(floor * 1e6) and row["pct_of_floor"] == pytest.approx(50)
+    full = tm.step_table_row(up1, "full", floor)
+    assert full["floor_us"] == pytest.approx((byte_model.step_floor(up1, "forward")
+                                              + byte_model.step_floor(up1, "backward")) / 3.0e12 * 1e6)
+    assert full["eager_us"] == pytest.approx(tm.step_table_row(up1, "forward", 1)["eager_us"]
+                                             + tm.step_table_row(up1, "backward", 1)["eager_us"])
+
+
+def test_step_floors_of_up1_and_3d1_by_hand():
+    """bf16. up1: x [8, 128, 256, 256] -> 64 + 64 at 512^2, ReLU: 524,288 input pixels, 2,097,152
+    output pixels. 3d1: x [2, 64, 64^3] -> 32 + 32 at 128^3, no ReLU: 524,288 and 4,194,304."""
+    up1, d31 = STEPS["up1"], STEPS["3d1"]
+    # Forward: x + out's upsampled channels + skip read and written + w.
+    assert byte_model.step_floor(up1, "forward") == 2 * 524288 * 128 + 2 * 2097152 * (64 + 2 * 64) + 2 * 128 * 64 * 4
+    assert byte_model.step_floor(up1, "forward") == 939589632
+    assert byte_model.step_floor(d31, "forward") == 872448000
+    # Backward: grad (128 channels), the ReLU mask as bits (128 channels / 8), x read and dx
+    # written, dskip, w read and dW written, dbias.
+    mask = 2097152 * 128 // 8
+    assert mask == 33554432
+    assert byte_model.step_floor(up1, "backward") == (2 * 2097152 * 128 + mask + 2 * (2 * 524288 * 128)
+                                                      + 2 * 2097152 * 64 + 2 * (2 * 128 * 64 * 4) + 2 * 64)
+    assert byte_model.step_floor(up1, "backward") == 1107427456
+    assert byte_model.step_floor(up1, "backward", has_bias=False) == 1107427456 - 128
+    assert byte_model.step_floor(up1, "backward", relu=False) == 1107427456 - mask
+    assert byte_model.step_floor(d31, "backward") == 939589696  # no ReLU: no mask
+
+
+# cuobjdump -sass lines: an outer loop (0x0040..0x0100) holding the K loop (0x0060..0x00c0).
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                  /* 0x00000a0000017a02 */
+        /*0040*/                   IADD3 R2, R2, 0x1, RZ ;                 /* 0x0000000102027810 */
+        /*0060*/                   LDS.128 R4, [R3] ;                      /* 0x0000000003047984 */
+        /*0070*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8].tnspB, R24 ;  /* 0x40e00000081879f0 */
+        /*0080*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR12], R24, gsb0 ;  /* 0x40e000000c1879f0 */
+        /*0090*/                   IADD3 R3, R3, 0x80, RZ ;                /* 0x0000008003037810 */
+        /*00a0*/                   ISETP.GE.AND P0, PT, R3, R5, PT ;       /* 0x000000050300720c */
+        /*00b0*/                   NOP ;                                   /* 0x0000000000007918 */
+        /*00c0*/               @!P0 BRA 0x60 ;                             /* 0xfffffffc00008947 */
+        /*00d0*/                   STG.E.128 desc[UR4][R6.64], R8 ;        /* 0x0000000806007986 */
+        /*0100*/               @P1 BRA 0x40 ;                              /* 0xfffffff800001947 */
+        /*0110*/                   EXIT ;                                  /* 0x000000000000794d */
+"""
+
+
+def test_k_loop_is_the_smallest_backward_branch_around_a_tensor_core_instruction():
+    loop = sass.k_loop(SASS, 4)
+    # 0x60..0xc0: 7 instructions per warp; 2 HGMMA.64x64x16 per warpgroup of 4 warps: 2 x 65,536
+    # multiply-adds for the CTA; 7 x 4 warp-instructions per 131,072 -> 7 x 4 x 2 per 64^3.
+    assert loop == dict(instructions=7, mma=2, macs=2 * 64 * 64 * 16, per_64cube=56.0)
+    # With 8 warps (two warpgroups) the CTA does twice the multiply-adds per iteration.
+    assert sass.k_loop(SASS, 8)["macs"] == 4 * 64 * 64 * 16
+    assert len(sass.instructions(SASS)) == 12
+    assert sass.k_loop(SASS.replace("HGMMA", "HFMA2"), 4) is None  # no tensor-core loop
+
+
+def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
+    """The byte model of each kernel, bf16, its default tiles (BLOCK_M, BLOCK_N, BLOCK_K) =
+    (128, 128, 64) on 132 SMs. up1: Cin 128, Cout 64 + 64, 4 taps, ReLU; 3d1: Cin 64, Cout 32 + 32,
+    8 taps, no ReLU; both 524,288 input pixels."""
+    up1, d31 = STEPS["up1"], STEPS["3d1"]
+    tile = byte_model.DEFAULT_TILES["backward_weight"]
+    assert tile == (128, 128, 64)
+    # Tiles: one Cin tile x (4 taps x 64 or 8 taps x 32 = 256 columns) / 128 = 2. Programs: the fewest
+    # whole waves of 132 holding 4 per SM: 528, so 264 pixel ranges per tile, none extra.
+    assert byte_model.weight_grad_splits(up1, tile) == (2, 264, 0)
+    assert byte_model.weight_grad_splits(d31, tile) == (2, 264, 0)
+    # Partials, fp32, one [Cin, T, Cout] and one [T, Cout] per split.
+    assert byte_model.weight_grad_partials(up1, tile, True) == (4 * 128 * 4 * 64 * 264, 4 * 4 * 64 * 264)
+    assert byte_model.weight_grad_partials(up1, tile, True) == (34603008, 270336)
+    assert byte_model.weight_grad_partials(d31, tile, False) == (4 * 64 * 8 * 32 * 264, 0)
+    x, up, skip = 2 * 524288 * 128, 2 * 2097152 * 64, 2 * 2097152 * 64   # up1's tensors
+    w, bias = 2 * 128 * 64 * 4, 2 * 64
+    mask = 2097152 * 128 // 8              # the ReLU mask as bits, both channel groups
+    conv_bits = 2097152 * 64 // 8          # of the upsampled channels
+    forward = byte_model.kernel_bytes("forward", up1)
+    # The training forward also writes the mask bits.
+    assert (forward["moved"], forward["floor"]) == (x + w + bias + up + 2 * skip + mask, x + up + 2 * skip + w + mask)
+    assert forward["floor"] == 973144064
+    backward_input = byte_model.kernel_bytes("backward_input", up1)
+    # Reads grad (both parts), the mask bits, w and x; writes dx and dskip.
+    assert backward_input["moved"] == backward_input["floor"] == up + skip + mask + w + x + skip == 973144064
+    backward_weight = byte_model.kernel_bytes("backward_weight", up1)
+    # Reads x, the upsampled grad and its mask bits; writes the partials.
+    assert backward_weight["moved"] == x + up + conv_bits + 34603008 + 270336 == 454303744
+    assert backward_weight["floor"] == x + up + conv_bits + w
+    reduce = byte_model.kernel_bytes("weight_reduce", up1)
+    # 34.9 MB of partials: over the 25 MB that stay in L2, so read from DRAM; writes dW and dbias.
+    assert reduce["moved"] == 34603008 + 270336 + w + bias
+    assert byte_model.kernel_bytes("weight_reduce", d31, has_bias=False)["moved"] == 2 * 64 * 32 * 8  # in L2
