@@ -98,11 +98,7 @@ _masked_backward = torch.library.custom_op("unet_fast::up_concat_masked_backward
 
 @_masked_backward.register_fake
 def _(grad, bits, x, weight, has_bias, skip_first):
-    n, cs = x.shape[0], grad.shape[1] - weight.shape[1]
-    fmt = output_memory_format(x)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    dskip = torch.empty((n, cs, *grad.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
-    return dx, dskip, weight.new_empty(weight.shape), weight.new_empty(weight.shape[1])
+    return plain.empty_gradients(grad, x, weight)
 
 
 def _setup_context(ctx, inputs, output):

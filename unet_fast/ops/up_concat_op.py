@@ -101,14 +101,20 @@ def backward_impl(grad: Tensor, out: Optional[Tensor], x: Tensor, weight: Tensor
 _up_concat_backward = torch.library.custom_op("unet_fast::up_concat_backward", backward_impl, mutates_args=())
 
 
-@_up_concat_backward.register_fake
-def _(grad, out, x, weight, has_bias, skip_first):
-    check_up_concat_backward_args(grad, out, x, weight, has_bias, skip_first)
+def empty_gradients(grad: Tensor, x: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Empty (dx, dskip, dweight, dbias) of the shapes, dtypes and layouts a backward op returns:
+    the fake implementation of every backward op."""
     n, cs = x.shape[0], grad.shape[1] - weight.shape[1]
     fmt = output_memory_format(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     dskip = torch.empty((n, cs, *grad.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
     return dx, dskip, weight.new_empty(weight.shape), weight.new_empty(weight.shape[1])
+
+
+@_up_concat_backward.register_fake
+def _(grad, out, x, weight, has_bias, skip_first):
+    check_up_concat_backward_args(grad, out, x, weight, has_bias, skip_first)
+    return empty_gradients(grad, x, weight)
 
 
 def _setup_context(ctx, inputs, output):
