@@ -18,7 +18,8 @@ import pytest
 from unet_fast.gpu.kernel_report import CASE_CHOICES, DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
 from unet_fast.kernels import configs
 from unet_fast.cases import report_cases
-from unet_fast.kernels.configs import TILES, operand_class, shared_memory_bound, tiles_for, tiles_that_fit
+from unet_fast.kernels.configs import (TILES, narrow_enough, operand_class, shared_memory_bound, tiles_for,
+                                      tiles_that_fit)
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
 from unet_fast.gpu.static_compile import ptx_features, ptxas_resources
 
@@ -66,12 +67,17 @@ def test_every_launchable_config_compiles_fits_and_does_not_spill(report):
     assert doc["meta"]["max_spill"] == MAX_SPILL_BYTES
 
 
+# The GEMM N a launch's autotuner prunes wide tiles against (configs.narrow_enough).
+GEMM_N = {"forward": lambda step: step.cout, "backward_input": lambda step: step.cin}
+
+
 def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
     """One row per config the autotuner keeps after pruning, for each arch, dtype, layout, step,
     (ReLU, bias) variant and IDX64 setting, and with ReLU the forward twice (inference, and the
     training forward that writes the mask bits); the dW reduction once per variant (no IDX64)."""
     _, doc = report
     assert set(CASE_CHOICES) == {c.name for c in report_cases()} and set(CASES) <= set(CASE_CHOICES)
+    case_of = {c.name: c for c in report_cases()}
     for arch, capability in ARCHES.items():
         for dtype in DTYPE_CHOICES:
             for layout in LAYOUT_CHOICES:
@@ -84,6 +90,9 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                                 has_bias = bias and kernel != "backward_input"  # it takes no bias
                                 fit = tiles_that_fit(kernel, operands(dtype, layout), capability,
                                                      SHARED_MEMORY_LIMIT[capability])
+                                if kernel in GEMM_N:  # the autotuner's pruning of tiles wider than N
+                                    n = GEMM_N[kernel](case_of[case])
+                                    fit = [t for t in fit if narrow_enough(t[1], n)] or fit
                                 want = sorted(fit if kernel != "backward_weight" else fit[:1])
                                 for bits in (False, True) if kernel == "forward" and relu else (False,):
                                     got = sorted(_tile(r) for r in rows if (
