@@ -208,11 +208,14 @@ def waterfall(doc):
 
 
 def roofline_table(doc):
-    from unet_fast.bench.roofline import forward_bytes
+    import torch
+
+    from unet_fast.cases import decoder_cases
     rows = doc["rows"] if doc else []
     body = []
-    for name, cin, cout, h in ((s[0], s[1], s[2], s[4]) for s in STEPS):
-        nbytes = forward_bytes(8, cin, cout, cout, h, h, 2)
+    for case, (name, cin, cout, h) in zip(decoder_cases(batch=8, image_size=512),
+                                          ((s[0], s[1], s[2], s[4]) for s in STEPS)):
+        nbytes = case.nbytes("forward", torch.bfloat16)
         fused = find(rows, name, "fused", "bf16", "channels_last", "forward")
         body.append([f"{name} {cin}->{cout} @{h}x{h}", f"x [8,{cin},{h},{h}] skip [8,{cout},{2*h},{2*h}]",
                      f"{nbytes / 1e6:.1f}", f"{nbytes / (H100_COPY_GBPS * 1e9) * 1e6:.1f}",

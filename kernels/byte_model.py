@@ -25,7 +25,9 @@ two programs (NCHW tap interleaving) merge in L2 before they reach DRAM.
 The floor is what no implementation can avoid: forward elem*(N*prod(S)*Cin +
 N*prod(S*k)*(Cout + 2*Cs)) + weight; backward the gradient read once, x read once, dx, dskip, dW
 and dbias written once, the weight read once, and the ReLU mask as 1 bit per output element when
-there is a ReLU. Per kernel, the floor is that part of it the kernel must move itself.
+there is a ReLU. Without a ReLU the skip channels' gradient is grad's own slice, a view (as
+torch.cat's backward gives): the floor then reads the upsampled channels of grad alone and writes
+no dskip. Per kernel, the floor is that part of it the kernel must move itself.
 
 Times: bytes / bandwidth, a range from the HBM peak (3.35 TB/s H100, 4.8 TB/s H200) to the
 measured copy ceiling (about 3.0 TB/s on an H100; scaled by the same 0.9 on an H200).
@@ -123,11 +125,13 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         l2 = x * taps * cdiv(step.cout, bn) + w * cdiv(m, bm) + up + 2 * sk + mask_bits
     elif kernel == "backward_input":
         # Reads grad and the mask bits the forward wrote (upsampled channels once per Cin tile).
+        # Without a ReLU the skip channels' gradient is a view of grad: no copy programs.
         bn = narrow_tile(bn, step.cin)
         conv_bits = mout * step.cout / 8 if relu else 0
-        moved = up + sk + mask_bits + w + x + sk
-        floor = up + sk + mask_bits + w + x + sk
-        l2 = (up + conv_bits) * cdiv(step.cin, bn) + 2 * sk + (mask_bits - conv_bits) + w * cdiv(m, bm) + x
+        skip_copy = 2 * sk if relu else 0
+        moved = up + mask_bits + w + x + skip_copy
+        floor = moved
+        l2 = (up + conv_bits) * cdiv(step.cin, bn) + skip_copy + (mask_bits - conv_bits) + w * cdiv(m, bm) + x
     elif kernel == "backward_weight":
         # Partials: written to DRAM (L2 writes back every dirty line); the reduction reads them
         # back at once, from L2 while they fit in PARTIALS_IN_L2 (see weight_reduce).
@@ -167,8 +171,10 @@ def step_floor(step, direction: str, elem: int = 2, relu=None, has_bias: bool = 
     grad = elem * step.mout * (step.cout + step.cs)
     if direction == "forward":
         return x + elem * step.mout * (step.cout + 2 * step.cs) + w
+    if not relu:  # the skip channels' gradient is a view of grad: neither read nor written
+        grad = elem * step.mout * step.cout
     mask = step.mout * (step.cout + step.cs) / 8 if relu else 0
-    dskip = elem * step.mout * step.cs
+    dskip = elem * step.mout * step.cs if relu else 0
     return grad + mask + x + x + dskip + w + w + (elem * step.cout if has_bias else 0)
 
 

@@ -162,7 +162,8 @@ def eager_passes(step, direction: str, elem: int = 2, relu=None, has_bias: bool 
     passes = []
     if relu:
         passes.append(("threshold_backward", 3 * (up + sk), 0))   # reads grad and out, writes grad_in
-    passes += [("split_copy", 2 * (up + sk), 0),                  # cuDNN and dskip take dense copies of the slices
+    # cat's backward gives views: dskip stays one, cuDNN takes a dense copy of the upsampled slice.
+    passes += [("split_copy", 2 * up, 0),
                ("conv_data_grad", up + w + x, flops),             # dx = conv(grad_up, w)
                ("conv_weight_grad", up + x + w, flops)]           # dW = x^T grad_up (written once)
     if has_bias:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_fast import cases as C
-from unet_fast.bench import roofline
+from unet_fast.kernels import byte_model
 from unet_fast.cli import main
 
 ROW_FIELDS = {"device", "device_name", "torch", "triton", "commit", "date", "case", "case_label",
@@ -58,28 +58,37 @@ def test_quick_run_writes_json_and_plot(tmp_path, pytorch_path):
 
     custom = next(r for r in rows if r["case"] == "custom")
     assert custom["shapes"]["x"] == [1, 8, 3, 5] and custom["shapes"]["skip"] == [1, 4, 6, 10]
-    assert custom["bytes"] == roofline.step_bytes("full", 1, 8, 4, 4, 3, 5, 4)
+    assert custom["bytes"] == round(sum(byte_model.step_floor(C.StepCase("custom", 1, 8, 4, 4, (3, 5)), d, 4)
+                                        for d in ("forward", "backward")))
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert torch.get_num_threads() == threads  # the harness may pick fewer; it restores them
 
 
 def test_forward_bytes_match_facts_table():
-    # bf16, batch 8, the default UNet at 512x512: 235.9, 470.0, 939.6 MB forward, worked out by hand
-    # from the byte formula in roofline.forward_bytes.
+    # bf16, batch 8, the default UNet at 512x512: 235.9, 470.0, 939.6 MB forward, worked out by hand:
+    # x, out's upsampled channels, skip read and written, the weight.
     steps = C.decoder_cases(batch=8, image_size=512)
     mb = [round(c.nbytes("forward", torch.bfloat16) / 1e6, 1) for c in steps]
     assert mb == [235.9, 470.0, 939.6]
     assert [c.shapes()["x"] for c in steps] == [[8, 512, 64, 64], [8, 256, 128, 128], [8, 128, 256, 256]]
 
 
-def test_backward_bytes_count_each_tensor_once():
+@pytest.mark.parametrize("relu", [True, False])
+def test_backward_bytes_count_each_tensor_once(relu):
+    """float32, x [2, 16, 3, 5] -> 8 + 4 channels at [6, 10], bias."""
     n, cin, cout, cs, h, w = 2, 16, 8, 4, 3, 5
     pixels = n * h * w
-    expected = 4 * (4 * pixels * (cout + cs) * 2  # grad and the saved output (ReLU mask)
-                    + 2 * pixels * cin            # x read, dx written
-                    + 4 * pixels * cs             # dskip written
-                    + 2 * 4 * cin * cout)         # weight read, dweight written
-    assert roofline.backward_bytes(n, cin, cout, cs, h, w, 4) == expected
+    case = C.StepCase("custom", n, cin, cout, cs, (h, w), relu=relu)
+    if relu:
+        expected = (4 * 4 * pixels * (cout + cs)      # grad
+                    + 4 * pixels * (cout + cs) // 8    # the ReLU mask, one bit per output element
+                    + 4 * 4 * pixels * cs)             # dskip written
+    else:
+        expected = 4 * 4 * pixels * cout               # grad's upsampled channels (dskip: a view of grad)
+    expected += (4 * 2 * pixels * cin                  # x read, dx written
+                 + 4 * 2 * 4 * cin * cout              # weight read, dweight written
+                 + 4 * cout)                           # dbias
+    assert case.nbytes("backward", torch.float32) == expected
 
 
 @pytest.mark.parametrize("argv, message", [

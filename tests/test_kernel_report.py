@@ -30,6 +30,10 @@ ARCHES = {arch: int(arch[3:]) for arch in os.environ.get("UNET_FAST_STATIC_ARCHE
 # so other specializations) and the anisotropic (1, 2, 2) one. All nine compile alike but take
 # about 20 minutes per arch on two cores; `unet-fast kernels` with no --case compiles them all.
 CASES = os.environ.get("UNET_FAST_STATIC_CASES", "up3,3d5,3da").split(",")
+# fp16 compiles the bf16 code with the other 16-bit type: the same tiles, shared memory and spills
+# (of 146 bf16/fp16 row pairs on sm_80 over up3, 3d5 and 3da, one differed, by 2 registers), so CI
+# compiles bf16 alone; `unet-fast kernels` with no --dtype compiles fp16 too.
+DTYPES = os.environ.get("UNET_FAST_STATIC_DTYPES", "fp32,tf32,bf16").split(",")
 ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee", "fp16": "ieee"}
 VARIANTS = [(True, True), (False, False)]  # (relu, has_bias), as static_compile.VARIANTS
@@ -43,7 +47,8 @@ def operands(dtype, layout):
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("static") / "static.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", ",".join(CASES)]
+    cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", ",".join(CASES),
+           "--dtype", ",".join(DTYPES)]
     for arch in ARCHES:
         cmd += ["--arch", arch]
     # No timeout: on a busy machine the compile takes longer, which must not turn into an error.
@@ -77,9 +82,10 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
     training forward that writes the mask bits); the dW reduction once per variant (no IDX64)."""
     _, doc = report
     assert set(CASE_CHOICES) == {c.name for c in report_cases()} and set(CASES) <= set(CASE_CHOICES)
+    assert set(DTYPES) <= set(DTYPE_CHOICES)
     case_of = {c.name: c for c in report_cases()}
     for arch, capability in ARCHES.items():
-        for dtype in DTYPE_CHOICES:
+        for dtype in DTYPES:
             for layout in LAYOUT_CHOICES:
                 for case in CASES:
                     rows = [r for r in doc["rows"] if (r["arch"], r["dtype"], r["layout"], r["case"])
@@ -166,7 +172,7 @@ def test_report_models_each_step_against_its_floor_eager_and_compile(report):
     _, doc = report
     rows = doc["steps"]["rows"]
     for case in CASES:
-        for dtype in ("bf16", "fp16", "tf32"):
+        for dtype in set(DTYPES) & {"bf16", "fp16", "tf32"}:
             for layout in LAYOUT_CHOICES:
                 got = {r["direction"]: r for r in rows if (r["step"], r["dtype"], r["layout"]) == (case, dtype, layout)}
                 assert set(got) == {"forward", "backward", "full"}, (case, dtype, layout)
@@ -206,9 +212,9 @@ def test_pruning_drops_a_tile_over_the_limit_on_sm80_only(monkeypatch):
     """A 16-bit forward tile whose bound (229,376 bytes) lies between sm_80's and sm_90's limits."""
     big = (256, 128, 64, 8, 3)
     assert SHARED_MEMORY_LIMIT[80] < shared_memory_bound("forward", big, 2) <= SHARED_MEMORY_LIMIT[90]
-    monkeypatch.setitem(configs.TILES["forward"], "16-bit", [big, (64, 64, 64, 4, 4)])
-    assert tiles_that_fit("forward", "16-bit", 90, SHARED_MEMORY_LIMIT[90]) == [big, (64, 64, 64, 4, 4)]
-    assert tiles_that_fit("forward", "16-bit", 80, SHARED_MEMORY_LIMIT[80]) == [(64, 64, 64, 4, 4)]
+    monkeypatch.setitem(configs.TILES["forward"], "16-bit", [big, (64, 32, 64, 4, 4)])
+    assert tiles_that_fit("forward", "16-bit", 90, SHARED_MEMORY_LIMIT[90]) == [big, (64, 32, 64, 4, 4)]
+    assert tiles_that_fit("forward", "16-bit", 80, SHARED_MEMORY_LIMIT[80]) == [(64, 32, 64, 4, 4)]
     # None fits: the smallest is kept, so the launch reports the real shortfall.
     monkeypatch.setitem(configs.TILES["forward"], "16-bit", [big])
     assert tiles_that_fit("forward", "16-bit", 80, SHARED_MEMORY_LIMIT[80]) == [big]

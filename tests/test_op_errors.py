@@ -193,6 +193,23 @@ def test_backward_op_rejects_bad_input_before_launching(monkeypatch, path, chang
     assert "grad" in str(info.value) or name != "grad"
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("grad_up,exc", [
+    (torch.randn(2, 13, 8, 10), ValueError),                        # the whole grad, skip channels too
+    (torch.randn(2, 7, 8, 9), ValueError),
+    (torch.randn(1, 7, 8, 10), ValueError),
+    (torch.randn(2, 7, 8, 10, dtype=torch.float64), TypeError),
+], ids=["skip channels too", "width", "batch", "dtype"])
+def test_conv_backward_op_rejects_bad_input_before_launching(monkeypatch, path, grad_up, exc):
+    """The transposed convolution's backward (a step without ReLU) takes the upsampled channels'
+    gradient alone, [N, Cout, *(S * k)]."""
+    select_path(monkeypatch, path)
+    _no_launch(monkeypatch)
+    a = good()
+    with pytest.raises(exc, match=r"\bgrad_up\b"):
+        torch.ops.unet_fast.up_concat_conv_backward(grad_up.to(DEVICE), a["x"], a["weight"], True)
+
+
 def test_fake_implementation_checks_too():
     """torch.compile and torch.export trace the op with fake tensors: bad shapes fail there, with
     the same message, instead of at run time."""

@@ -29,6 +29,18 @@ def test_opcheck_up_concat_backward(monkeypatch, path):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_opcheck_up_concat_conv_backward(monkeypatch, path, layout):
+    """The backward of a step without ReLU: grad's upsampled channels as a slice (not contiguous)."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = make_inputs(2, 3, 4, 5, 2, 3, torch.float32, memory_format=layout)
+    grad = torch.randn_like(up_concat(x, skip, weight, bias, relu=False))
+    cout, cs = weight.shape[1], skip.shape[1]
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_conv_backward.default, (grad[:, :cout], x, weight, True))
+    torch.library.opcheck(torch.ops.unet_fast.up_concat_conv_backward.default, (grad[:, cs:], x, weight, False))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
 def test_opcheck_up_concat_masked(monkeypatch, path, layout):
     """The training forward (result and ReLU mask bits) and the backward that reads the bits."""
     select_path(monkeypatch, path)

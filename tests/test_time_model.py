@@ -106,7 +106,8 @@ def test_eager_and_compile_bytes_of_the_deep_2d_step():
     assert sum(eager.values()) / fused == pytest.approx(2.71, abs=0.01)
     assert sum(compiled.values()) / fused == pytest.approx(1.57, abs=0.01)
     backward = dict((name, b) for name, b, _ in tm.eager_passes(up3, "backward"))
-    assert backward == dict(threshold_backward=3 * (y + skip), split_copy=2 * (y + skip),
+    # cat's backward gives views: the skip's gradient stays one, cuDNN copies the upsampled slice.
+    assert backward == dict(threshold_backward=3 * (y + skip), split_copy=2 * y,
                             conv_data_grad=y + w + x, conv_weight_grad=y + x + w, bias_sum=y + bias)
     flops = 2 * 32768 * 512 * 256 * 4
     assert {f for _, _, f in tm.eager_passes(up3, "backward")} == {0, flops}
@@ -143,8 +144,14 @@ def test_step_floors_of_up1_and_3d1_by_hand():
                                                       + 2 * 2097152 * 64 + 2 * (2 * 128 * 64 * 4) + 2 * 64)
     assert byte_model.step_floor(up1, "backward") == 1107427456
     assert byte_model.step_floor(up1, "backward", has_bias=False) == 1107427456 - 128
-    assert byte_model.step_floor(up1, "backward", relu=False) == 1107427456 - mask
-    assert byte_model.step_floor(d31, "backward") == 939589696  # no ReLU: no mask
+    # No ReLU: no mask, and the skip's gradient is a view of grad (its 64 channels neither read
+    # nor written as dskip).
+    skip_part = 2 * 2097152 * 64
+    assert byte_model.step_floor(up1, "backward", relu=False) == 1107427456 - mask - 2 * skip_part
+    # 3d1: the upsampled 32 channels of grad, x read and dx written, w read and dW written, dbias.
+    assert byte_model.step_floor(d31, "backward") == (2 * 4194304 * 32 + 2 * (2 * 524288 * 64)
+                                                      + 2 * (2 * 64 * 32 * 8) + 2 * 32)
+    assert byte_model.step_floor(d31, "backward") == 402718784
 
 
 # cuobjdump -sass lines: an outer loop (0x0040..0x0100) holding the K loop (0x0060..0x00c0).
@@ -201,6 +208,9 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     backward_input = byte_model.kernel_bytes("backward_input", up1)
     # Reads grad (both parts), the mask bits, w and x; writes dx and dskip.
     assert backward_input["moved"] == backward_input["floor"] == up + skip + mask + w + x + skip == 973144064
+    # Without a ReLU, no copy programs: grad's upsampled channels, w, dx.
+    unmasked = byte_model.kernel_bytes("backward_input", up1, relu=False)
+    assert unmasked["moved"] == unmasked["floor"] == up + w + x
     backward_weight = byte_model.kernel_bytes("backward_weight", up1)
     # Reads x, the upsampled grad and its mask bits; writes the partials.
     assert backward_weight["moved"] == x + up + conv_bits + 34603008 + 270336 == 454303744

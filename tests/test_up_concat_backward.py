@@ -38,6 +38,23 @@ def test_backward_without_bias_and_many_pixels(monkeypatch, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_without_relu_the_skip_gradient_is_a_view_of_grad(monkeypatch, path, skip_first):
+    """No ReLU: the skip channels' gradient is grad's own slice (as torch.cat's backward gives it),
+    never copied; the backward's kernels compute only the transposed convolution's gradients."""
+    select_path(monkeypatch, path)
+    x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(2, 5, 3, 4, 2, 3, torch.float32)]
+    out = up_concat(x, skip, weight, bias, relu=False, skip_first=skip_first)
+    grad = torch.randn_like(out)
+    dskip, dx = torch.autograd.grad(out, (skip, x), grad)
+    cs, cout = skip.shape[1], weight.shape[1]
+    want = grad[:, :cs] if skip_first else grad[:, cout:]
+    assert dskip.data_ptr() == want.data_ptr() and dskip.stride() == want.stride()
+    assert torch.equal(dskip, want)
+    assert torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_backward_empty_batch(monkeypatch, path):
     select_path(monkeypatch, path)
     x, skip, weight, bias = [t.requires_grad_() for t in make_inputs(0, 5, 6, 7, 3, 4, torch.float32)]
@@ -51,7 +68,9 @@ def test_backward_empty_batch(monkeypatch, path):
 def test_gradcheck_float64(monkeypatch, path, relu):
     select_path(monkeypatch, path)
     args = [t.requires_grad_() for t in make_inputs(1, 2, 2, 1, 2, 2, torch.float64)]
-    assert torch.autograd.gradcheck(lambda *a: up_concat(*a, relu=relu), args, eps=1e-6, atol=1e-8)
+    # fast_mode: the Jacobian against random vectors on both sides (one backward, not one per
+    # output element: each is three interpreted launches); a wrong gradient still fails.
+    assert torch.autograd.gradcheck(lambda *a: up_concat(*a, relu=relu), args, eps=1e-6, atol=1e-8, fast_mode=True)
 
 
 @pytest.mark.parametrize("path", PATHS)

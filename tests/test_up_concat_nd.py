@@ -105,7 +105,8 @@ def test_3d_empty_batch_and_no_bias(monkeypatch, path):
 def test_gradcheck_float64_3d(monkeypatch, path, skip_first):
     select_path(monkeypatch, path)
     args = [t.requires_grad_() for t in make_step(1, 3, 2, 2, (2, 1, 2), (1, 2, 2), torch.float64)]
-    assert torch.autograd.gradcheck(lambda *a: up_concat(*a, relu=False, skip_first=skip_first), args)
+    # fast_mode: random projections of the Jacobian (test_up_concat_backward.py's gradcheck says why).
+    assert torch.autograd.gradcheck(lambda *a: up_concat(*a, relu=False, skip_first=skip_first), args, fast_mode=True)
 
 
 @pytest.mark.parametrize("path", PATHS)

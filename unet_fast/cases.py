@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from unet_fast import names
-from unet_fast.bench import roofline
+from unet_fast.kernels.byte_model import step_floor
 
 # The dtypes the benchmark times (names from unet_fast.names); float32 follows PyTorch's default
 # TF32 setting there, as a user's model would.
@@ -86,9 +86,12 @@ class StepCase:
                     weight=[self.cin, self.cout, *self.kernel], out=[n, self.cout + self.cs, *self.up_spatial])
 
     def nbytes(self, mode: str, dtype: torch.dtype) -> int:
+        """The step's compulsory DRAM bytes in `mode` ('forward', 'backward' or 'full'): the floor
+        of kernels/byte_model.py (the ReLU mask as bits; without a ReLU the skip's gradient is a
+        view of grad), with the bias the benchmarks' steps carry."""
         elem = torch.empty((), dtype=dtype).element_size()
-        return roofline.step_bytes_nd(mode, self.n * math.prod(self.spatial), math.prod(self.kernel),
-                                      self.cin, self.cout, self.cs, elem, self.relu)
+        directions = ("forward", "backward") if mode == "full" else (mode,)
+        return round(sum(step_floor(self, d, elem) for d in directions))
 
 
 @dataclass(frozen=True)

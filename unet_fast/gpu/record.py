@@ -26,7 +26,6 @@ Nothing here names a kernel or an argument: what is recorded is what the launche
 """
 import contextlib
 import inspect
-import os
 import sys
 from types import SimpleNamespace
 
@@ -169,11 +168,8 @@ def _replace_everywhere(original, replacement, patches):
 
 def _disabled() -> bool:
     """UNET_FAST_DISABLE_TRITON, read as the op reads it."""
-    from unet_fast.ops import up_concat_op
-    env_flag = getattr(up_concat_op, "env_flag", None)
-    if env_flag is not None:
-        return bool(env_flag("UNET_FAST_DISABLE_TRITON"))
-    return os.environ.get("UNET_FAST_DISABLE_TRITON", "0") not in ("", "0")
+    from unet_fast.ops.up_concat_op import env_flag
+    return env_flag("UNET_FAST_DISABLE_TRITON")
 
 
 def _recording_uses_triton(t) -> bool:
@@ -192,6 +188,7 @@ def _meta_tensors_launch():
     library = torch.library.Library("unet_fast", "IMPL")
     library.impl("up_concat", up_concat_op.forward_impl, "Meta")
     library.impl("up_concat_backward", up_concat_op.backward_impl, "Meta")
+    library.impl("up_concat_conv_backward", up_concat_op.conv_backward_impl, "Meta")
     library.impl("up_concat_masked", up_concat_masked_op.masked_forward_impl, "Meta")
     library.impl("up_concat_masked_backward", up_concat_masked_op.masked_backward_impl, "Meta")
     try:

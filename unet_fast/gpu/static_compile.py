@@ -275,7 +275,10 @@ def launch_decoder_step(case, dtype, fmt, relu: bool = True, has_bias: bool = Tr
     if relu:  # a training step's forward also writes the ReLU mask as bits, which the backward reads
         bits = new_mask_buffer(x, weight, case.cs)
         launch_forward(x, skip, weight, bias, relu=True, skip_first=False, out=out, bits=bits)
-    launch_backward(torch.empty_like(out), None, x, weight, skip_first=False, has_bias=has_bias, bits=bits)
+    grad = torch.empty_like(out)
+    if not relu:  # as the op's autograd runs it: the upsampled channels' gradient alone (the skip's is a view)
+        grad = grad[:, :case.cout]
+    launch_backward(grad, None, x, weight, skip_first=False, has_bias=has_bias, bits=bits)
 
 
 @contextlib.contextmanager

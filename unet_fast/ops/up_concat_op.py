@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from unet_fast.ops import autodiff, torch_path
-from unet_fast.ops.layout import output_memory_format, step_shapes
-from unet_fast.ops.validation import check_up_concat_args, check_up_concat_backward_args, check_up_concat_types
+from unet_fast.ops.layout import channel_slices, output_memory_format, step_shapes
+from unet_fast.ops.validation import (check_conv_backward_args, check_up_concat_args, check_up_concat_backward_args,
+                                      check_up_concat_types)
 
 try:
     from unet_fast.kernels import common as _triton_common
@@ -117,6 +118,31 @@ def _(grad, out, x, weight, has_bias, skip_first):
     return empty_gradients(grad, x, weight)
 
 
+def conv_backward_impl(grad_up: Tensor, x: Tensor, weight: Tensor, has_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of the transposed convolution alone, from grad_up, the gradient of the
+    upsampled channels [N, Cout, *(S * k)] (any strides: a channel slice of grad). The backward of
+    a step without a ReLU: its skip channels' gradient is grad's slice itself, which the autograd
+    formula returns as a view (as torch.cat's backward does), so no kernel reads or writes it."""
+    check_conv_backward_args(grad_up, x, weight, has_bias)
+    # The step's backward with no skip channels (Cs = 0): no copy programs, an empty dskip.
+    if uses_triton(x):
+        dx, _, dweight, dbias = _triton_backward(grad_up, None, x, weight, skip_first=False, has_bias=has_bias)
+    else:
+        dx, _, dweight, dbias = torch_path.backward(grad_up, None, x, weight, has_bias, False)
+    return dx, dweight, dbias
+
+
+_up_concat_conv_backward = torch.library.custom_op("unet_fast::up_concat_conv_backward", conv_backward_impl,
+                                                   mutates_args=())
+
+
+@_up_concat_conv_backward.register_fake
+def _(grad_up, x, weight, has_bias):
+    check_conv_backward_args(grad_up, x, weight, has_bias)
+    dx, _, dweight, dbias = empty_gradients(grad_up, x, weight)
+    return dx, dweight, dbias
+
+
 def _setup_context(ctx, inputs, output):
     x, _skip, weight, bias, relu, skip_first = inputs
     # The output is saved only for the ReLU mask; without a ReLU the gradient passes unmasked.
@@ -132,6 +158,12 @@ def _backward(ctx, grad):
         # so it runs as differentiable torch ops; the backward op has no derivative of its own.
         dx, dskip, dweight, dbias = autodiff.differentiable_backward(grad, out, x, weight, ctx.has_bias,
                                                                       ctx.skip_first)
+    elif out is None:
+        # No ReLU: the skip channels' gradient is grad's own slice, returned as a view.
+        cout = weight.shape[1]
+        up, sk = channel_slices(cout, grad.shape[1] - cout, ctx.skip_first)
+        dx, dweight, dbias = torch.ops.unet_fast.up_concat_conv_backward(grad[:, up], x, weight, ctx.has_bias)
+        dskip = grad[:, sk]
     else:
         dx, dskip, dweight, dbias = torch.ops.unet_fast.up_concat_backward(grad, out, x, weight, ctx.has_bias,
                                                                            ctx.skip_first)

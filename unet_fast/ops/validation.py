@@ -146,3 +146,17 @@ def check_up_concat_backward_args(grad, out, x, weight, has_bias, skip_first) ->
     if out is not None:
         tensors["out"] = out
     _check_devices_and_dtypes(tensors)
+
+
+def check_conv_backward_args(grad_up, x, weight, has_bias) -> None:
+    """Validate the transposed convolution's backward op: grad_up [N, Cout, *(S * k)], the gradient
+    of the upsampled channels alone, for x [N, Cin, *S] and weight [Cin, Cout, *k]."""
+    for name, value in (("grad_up", grad_up), ("x", x), ("weight", weight)):
+        require_tensor(name, value)
+    _check_bools(has_bias=has_bias)
+    n, spatial, cout, kernel = _check_x_and_weight(x, weight)
+    want = [n, cout, *(s * k for s, k in zip(spatial, kernel))]
+    if list(grad_up.shape) != want:
+        raise ValueError(f"grad_up must have shape [{', '.join(map(str, want))}] (the upsampled channels of the "
+                         f"result) for x {_shape(x)} and weight {_shape(weight)}, got shape {_shape(grad_up)}")
+    _check_devices_and_dtypes({"grad_up": grad_up, "x": x, "weight": weight})
