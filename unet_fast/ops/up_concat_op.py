@@ -185,6 +185,8 @@ def up_concat(x: Tensor, skip: Tensor, weight: Tensor, bias: Optional[Tensor] = 
     BasicUNet, Pytorch-UNet). relu=True applies a ReLU to every output channel, relu=False none.
     `stride`, if given (an integer, or one per spatial dim), must equal the kernel size.
     Arguments are checked before anything launches (shapes, dtypes and devices by the op itself).
+    Without a ReLU, skip's gradient is a view of the incoming gradient's skip channels, as
+    torch.cat's backward gives it: nothing copies it.
 
     Under forward-mode AD (an input with a tangent) or a torch.func transform (jvp, jacfwd,
     vmap, grad, ...) the step runs as unet_fast.reference.up_concat, plain differentiable torch
