@@ -68,6 +68,19 @@ HOPPER_TILES = {
                         "16-bit-nchw": [(64, 32, 64, 4, 4)]},
 }
 
+# Tiles for a kernel's light variant on Hopper (sm_90) and later, tried first: the forward of
+# inference (no ReLU mask bits to write) with int32 offsets. 256 x 128 reads the weight through L2
+# half as often as 128 x 128 (up3: 0.75 -> 0.61 GB through L2 in all); on sm_90 it took 236-241
+# registers at 8 warps, and spilled 40-212 bytes when writing mask bits or with int64 offsets
+# (and 20-168 at 16 warps, whose 128-register cap also binds).
+LIGHT_TILES = {"forward": {"16-bit": [(256, 128, 64, 8, 3)]}}
+
+
+def light_variant(constexprs: dict) -> bool:
+    """Whether a launch with these constexprs is a light variant (LIGHT_TILES apply)."""
+    return not constexprs.get("WRITE_BITS") and not constexprs.get("IDX64")
+
+
 # The split-K reduction of the weight gradient: dW elements per program, warps; the dbias tile of
 # REDUCE_ROWS (split, tap) rows x REDUCE_CHANNELS channels per step. One config.
 REDUCE_BLOCK, REDUCE_WARPS = 512, 4
@@ -90,11 +103,13 @@ NOT_BEFORE_HOPPER = {
 }
 
 
-def tiles_for(kernel: str, operands: str, capability: int) -> list:
+def tiles_for(kernel: str, operands: str, capability: int, light: bool = False) -> list:
     """The tiles a kernel may launch with for `operands` on a GPU of compute capability
-    `capability` (90 for sm_90), before shared-memory pruning."""
+    `capability` (90 for sm_90), before shared-memory pruning; `light`: for a light variant
+    (light_variant), whose LIGHT_TILES come first."""
     if capability >= 90:
-        return HOPPER_TILES.get(kernel, {}).get(operands, []) + TILES[kernel][operands]
+        light_tiles = LIGHT_TILES.get(kernel, {}).get(operands, []) if light else []
+        return light_tiles + HOPPER_TILES.get(kernel, {}).get(operands, []) + TILES[kernel][operands]
     skipped = NOT_BEFORE_HOPPER.get(kernel, {}).get(operands, [])
     return [t for t in TILES[kernel][operands] if t not in skipped]
 
@@ -162,11 +177,11 @@ def _limits(active_driver, device) -> tuple:
     return capability, active_driver.utils.get_device_properties(device)["max_shared_mem"]
 
 
-def tiles_that_fit(kernel: str, operands: str, capability: int, shared_limit: int) -> list:
+def tiles_that_fit(kernel: str, operands: str, capability: int, shared_limit: int, light: bool = False) -> list:
     """tiles_for(...) without the tiles whose bound exceeds `shared_limit`; the smallest one if
     none fits (the launch then reports the real shortfall)."""
     element_size = 2 if operands.startswith("16-bit") else 4
-    tiles = tiles_for(kernel, operands, capability)
+    tiles = tiles_for(kernel, operands, capability, light)
     fitting = [t for t in tiles if shared_memory_bound(kernel, t, element_size) <= shared_limit]
     return fitting or [min(tiles, key=lambda t: shared_memory_bound(kernel, t, element_size))]
 
@@ -198,18 +213,21 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n
     to the tiles TILES[kernel] lists for the operands (the element size and channel stride of
     argument `dtype_arg`, and INPUT_PRECISION) that fit the device's shared memory. The autotuner keys on the dtypes and
     the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key; so does the
-    operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists. Tiles wider
-    than the GEMM's N (argument `n_arg`) are pruned too (narrow_enough), unless none is left."""
-    every_tile = sorted({t for table in (TILES, HOPPER_TILES) for tiles in table.get(kernel, {}).values()
+    operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists, and WRITE_BITS
+    and IDX64, since a light variant (light_variant) also tries LIGHT_TILES. Tiles wider than the
+    GEMM's N (argument `n_arg`) are pruned too (narrow_enough), unless none is left."""
+    every_tile = sorted({t for table in (TILES, HOPPER_TILES, LIGHT_TILES) for tiles in table.get(kernel, {}).values()
                          for t in tiles})
 
     def prune(configs, named_args, **kwargs):
         operand = named_args[dtype_arg]
         operands = operand_class(operand.element_size(), kwargs["INPUT_PRECISION"], channels_last_operand(operand))
-        allowed = set(tiles_that_fit(kernel, operands, *device_limits()))
+        allowed = set(tiles_that_fit(kernel, operands, *device_limits(), light=light_variant(kwargs)))
         fitting = [c for c in configs if _tile_of(c) in allowed]
         return [c for c in fitting if narrow_enough(c.kwargs["BLOCK_N"], named_args[n_arg])] or fitting
 
-    key = ["CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", channel_stride_arg]
+    # A light variant's best tile may not compile for the others: WRITE_BITS and IDX64 key it.
+    key = [name for name in ("CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", "WRITE_BITS", "IDX64",
+                             channel_stride_arg) if name in kernel_fn.arg_names]
     return triton.autotune(configs=[_config(t) for t in every_tile], key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel_fn)

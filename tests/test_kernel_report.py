@@ -92,19 +92,21 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                             == (arch, dtype, layout, case)]
                     for relu, bias in VARIANTS:
                         for idx64 in (False, True):
-                            for kernel in TILES:
+                            # The forward twice with ReLU: inference, and the training forward writing bits.
+                            for kernel, bits in [(k, b) for k in TILES
+                                                 for b in ((False, True) if k == "forward" and relu else (False,))]:
                                 has_bias = bias and kernel != "backward_input"  # it takes no bias
+                                # The forward of inference with int32 offsets tries LIGHT_TILES too.
                                 fit = tiles_that_fit(kernel, operands(dtype, layout), capability,
-                                                     SHARED_MEMORY_LIMIT[capability])
+                                                     SHARED_MEMORY_LIMIT[capability], light=not (bits or idx64))
                                 if kernel in GEMM_N:  # the autotuner's pruning of tiles wider than N
                                     n = GEMM_N[kernel](case_of[case])
                                     fit = [t for t in fit if narrow_enough(t[1], n)] or fit
                                 want = sorted(fit if kernel != "backward_weight" else fit[:1])
-                                for bits in (False, True) if kernel == "forward" and relu else (False,):
-                                    got = sorted(_tile(r) for r in rows if (
-                                        r["kernel"], r["relu"], r["has_bias"], r["idx64"], r["write_bits"])
-                                        == (kernel, relu, has_bias, idx64, bits))
-                                    assert got == want, (arch, dtype, layout, case, kernel, relu, bias, idx64, bits)
+                                got = sorted(_tile(r) for r in rows if (
+                                    r["kernel"], r["relu"], r["has_bias"], r["idx64"], r["write_bits"])
+                                    == (kernel, relu, has_bias, idx64, bits))
+                                assert got == want, (arch, dtype, layout, case, kernel, relu, bias, idx64, bits)
                     assert [r["idx64"] for r in rows if r["kernel"] == "weight_reduce"] == [False] * len(
                         [r for r in rows if r["kernel"] == "weight_reduce"])
 
@@ -206,6 +208,21 @@ def test_tile_lists_and_pruning_per_class_and_arch(capability):
             assert all(t[2] >= 16 for t in tiles)
     assert operand_class(2, "ieee") == "16-bit" and operand_class(2, "ieee", False) == "16-bit-nchw"
     assert operand_class(4, "tf32") == "tf32" and operand_class(4, "ieee", False) == "fp32-nchw"
+
+
+def test_light_tiles_only_for_inference_forward_with_int32_offsets_on_hopper():
+    """The 256 x 128 forward tile spills when the forward writes mask bits or takes int64 offsets:
+    only a launch with neither tries it, and the autotuner keys on both, so such a launch never
+    reuses a light launch's choice."""
+    light = configs.LIGHT_TILES["forward"]["16-bit"]
+    assert tiles_for("forward", "16-bit", 90, light=True)[:len(light)] == light
+    assert not set(light) & set(tiles_for("forward", "16-bit", 90))
+    assert not set(light) & set(tiles_for("forward", "16-bit", 80, light=True))
+    assert configs.light_variant(dict(WRITE_BITS=False, IDX64=False))
+    assert not configs.light_variant(dict(WRITE_BITS=True, IDX64=False))
+    assert not configs.light_variant(dict(WRITE_BITS=False, IDX64=True))
+    from unet_fast.kernels.up_concat_forward import up_concat_forward_kernel_autotuned as forward
+    assert {"WRITE_BITS", "IDX64"} <= set(forward.keys)
 
 
 def test_pruning_drops_a_tile_over_the_limit_on_sm80_only(monkeypatch):
