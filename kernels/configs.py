@@ -48,7 +48,9 @@ TILES = {
         "fp32": [(32, 32, 32, 8, 2)],  # 4 warps spilled 16-80 bytes (fp32 FMA dot, M-major x^T)
         "16-bit-nchw": [(64, 32, 64, 8, 4), (64, 32, 32, 8, 4)],
         "tf32-nchw": [(64, 32, 16, 4, 3)],  # 64x32x32 spilled 4-12 bytes on sm_80 (Triton 3.9; w4 and w8)
-        "fp32-nchw": [(32, 16, 32, 8, 2)],  # 32 x 32: 4-12 bytes spilled at 8 warps, 300+ at 4 (Triton 3.6, 3.9)
+        # 32 x 32: 4-12 bytes spilled at 8 warps, 300+ at 4 (Triton 3.6, 3.9); 32 x 16 x 32 spilled
+        # 4-12 bytes with int64 offsets on sm_90 (3d4, Triton 3.9).
+        "fp32-nchw": [(32, 16, 16, 8, 2)],
     },
 }
 # "-nchw": the class of a launch whose streamed operand (x for the forward and the weight
@@ -69,16 +71,17 @@ HOPPER_TILES = {
 }
 
 # Tiles for a kernel's light variant on Hopper (sm_90) and later, tried first: the forward of
-# inference (no ReLU mask bits to write) with int32 offsets. 256 x 128 reads the weight through L2
-# half as often as 128 x 128 (up3: 0.75 -> 0.61 GB through L2 in all); on sm_90 it took 236-241
-# registers at 8 warps, and spilled 40-212 bytes when writing mask bits or with int64 offsets
-# (and 20-168 at 16 warps, whose 128-register cap also binds).
+# inference (no ReLU mask bits to write) with int32 offsets and one tap along depth (2-D steps,
+# 1x2x2 kernels). 256 x 128 reads the weight through L2 half as often as 128 x 128 (up3: 0.75 ->
+# 0.61 GB through L2 in all); on sm_90 it took 236-244 registers at 8 warps, and spilled 40-212
+# bytes writing mask bits or with int64 offsets, 28 with ReLU on 2x2x2 steps (3d5, 3d4 in bf16),
+# 20-168 at 16 warps (whose 128-register cap binds too).
 LIGHT_TILES = {"forward": {"16-bit": [(256, 128, 64, 8, 3)]}}
 
 
 def light_variant(constexprs: dict) -> bool:
     """Whether a launch with these constexprs is a light variant (LIGHT_TILES apply)."""
-    return not constexprs.get("WRITE_BITS") and not constexprs.get("IDX64")
+    return not constexprs.get("WRITE_BITS") and not constexprs.get("IDX64") and constexprs.get("KD", 1) == 1
 
 
 # The split-K reduction of the weight gradient: dW elements per program, warps; the dbias tile of
@@ -226,7 +229,8 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n
         fitting = [c for c in configs if _tile_of(c) in allowed]
         return [c for c in fitting if narrow_enough(c.kwargs["BLOCK_N"], named_args[n_arg])] or fitting
 
-    # A light variant's best tile may not compile for the others: WRITE_BITS and IDX64 key it.
+    # A light variant's best tile may not compile for the others: WRITE_BITS and IDX64 key it (KD
+    # already does).
     key = [name for name in ("CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", "WRITE_BITS", "IDX64",
                              channel_stride_arg) if name in kernel_fn.arg_names]
     return triton.autotune(configs=[_config(t) for t in every_tile], key=key,
