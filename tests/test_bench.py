@@ -64,7 +64,7 @@ def test_quick_run_writes_json_and_plot(tmp_path, pytorch_path):
     assert torch.get_num_threads() == threads  # the harness may pick fewer; it restores them
 
 
-def test_forward_bytes_match_facts_table():
+def test_forward_bytes_of_the_default_unet_steps():
     # bf16, batch 8, the default UNet at 512x512: 235.9, 470.0, 939.6 MB forward, worked out by hand:
     # x, out's upsampled channels, skip read and written, the weight.
     steps = C.decoder_cases(batch=8, image_size=512)
