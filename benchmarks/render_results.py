@@ -70,8 +70,8 @@ def static_section(doc) -> list:
           f"Command: `unet-fast kernels {arches} --json benchmarks/{doc['file']}`.", "",
           "Every step of the report together (2-D and 3-D); the byte model's worst ratio of bytes moved to "
           "the compulsory floor is modelled, not measured. weight_reduce's own floor is dW alone (kilobytes): "
-          "its ratio reads large, but the split-K partials it sums are capped at 5% of the weight-gradient "
-          "kernel's reads, and the backward totals in benchmarks/NOTES.md (v0.4) count them.", "",
+          "its ratio reads large; the partials it sums (of backward_weight, or of backward_fused, the one-pass "
+          "backward of a step without ReLU) count in the per-step modelled times of `unet-fast kernels`.", "",
           "| arch | kernel | dtype | layout | rows | max registers | max spill stores (B) | "
           "max shared / limit (B) | tensor cores | cp.async | widest ld / st (B) | scalar 16-bit loads | atomics | "
           "worst x floor |",

@@ -64,7 +64,31 @@ def narrow_tile(block_n: int, n: int) -> int:
     return min(block_n, max(64, 1 << (n - 1).bit_length()))
 
 
-KERNELS = ("weight_pack", "forward", "backward_input", "backward_weight", "weight_reduce")
+KERNELS = ("weight_pack", "forward", "backward_input", "backward_weight", "backward_fused", "weight_reduce")
+# The one-pass backward's sm_90 tiles (kernels/configs.py FUSED_BACKWARD): (most (tap, Cout)
+# columns, BLOCK_M Cin, BLOCK_K pixels). A step without ReLU whose columns fit one takes it
+# instead of backward_input and backward_weight.
+FUSED_TILES = ((256, 64, 64), (512, 32, 64))
+
+
+def fused_tile(step, relu=None):
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of the one-pass backward of `step`, or None when it takes the
+    two-kernel backward (a ReLU, or more columns than a tile holds)."""
+    relu = step.relu if relu is None else relu
+    columns = step.taps * 16 * cdiv(step.cout, 16)
+    if relu:
+        return None
+    for most, bm, bk in FUSED_TILES:
+        if columns <= most:
+            return bm, 1 << (columns - 1).bit_length(), bk
+    return None
+
+
+def backward_kernels(step, relu=None) -> tuple:
+    """The backward's launches of `step` (besides weight_pack), as the launcher chooses them."""
+    if fused_tile(step, relu):
+        return "backward_fused", "weight_reduce"
+    return "backward_input", "backward_weight", "weight_reduce"
 
 
 def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) -> tuple:
@@ -79,12 +103,29 @@ def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) 
     return programs // tiles, programs % tiles
 
 
+def fused_backward_splits(c_tiles: int, blocks: int, sms: int) -> int:
+    """Pixel ranges (splits) of the one-pass backward: one wave of `sms` programs over its Cin
+    tiles (a program holds a whole SM's registers), so each split writes one dW partial; no range
+    under one of the `blocks` pixel blocks. The launcher's rule."""
+    return max(1, min(blocks, sms // c_tiles))
+
+
 def weight_grad_splits(step, tile, sms: int = SMS, ctas_per_sm: int = 1) -> tuple:
     """(tiles, S_LO, R_EXTRA) of the weight gradient of `step` with `tile` (BLOCK_M Cin, BLOCK_N
     (tap, Cout) columns over Cout padded to a multiple of 16, BLOCK_K pixels)."""
     bm, bn, bk = tile
     tiles = cdiv(step.cin, bm) * cdiv(step.taps * 16 * cdiv(step.cout, 16), bn)
     return (tiles, *weight_grad_layout(tiles, cdiv(step.m, bk), sms, ctas_per_sm))
+
+
+def fused_partials(step, tile, has_bias: bool, acc: int = 4) -> tuple:
+    """(dW partial bytes, dbias partial bytes) of the one-pass backward with `tile`: one of each
+    per split (no dW partial with one split: dW is stored directly)."""
+    bm, _bn, bk = tile
+    splits = fused_backward_splits(cdiv(step.cin, bm), cdiv(step.m, bk), SMS)
+    dw = 0 if splits == 1 else acc * step.cin * step.taps * step.cout * splits
+    db = acc * step.taps * step.cout * splits if has_bias else 0
+    return dw, db
 
 
 def weight_grad_partials(step, tile, has_bias: bool, acc: int = 4) -> tuple:
@@ -104,6 +145,8 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
     of `step` with `elem`-byte tensors (the partials are fp32). relu=None takes the step's own.
     weight_stride1: the weight is already stride-1 along Cout (channels_last), so no repack."""
     relu = step.relu if relu is None else relu
+    if tile is None and kernel == "backward_fused":
+        tile = fused_tile(step, False)
     tile = tile or DEFAULT_TILES.get(kernel, (64, 64, 64))
     bm, bn, _bk = tile
     m, mout, taps = step.m, step.mout, step.taps
@@ -143,8 +186,22 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         # x once per column tile (of BLOCK_N (tap, Cout) columns), gy and bits once per Cin tile.
         n_col = cdiv(taps * 16 * cdiv(step.cout, 16), bn)
         l2 = x * n_col + (up + bits) * cdiv(step.cin, bm) + written + db_part
+    elif kernel == "backward_fused":
+        # gy and x read once (the Cin tiles of a split walk the same pixels side by side: gy comes
+        # once per Cin tile from L2), dx written; each program loads its Cin tile of W once.
+        dw_part, db_part = fused_partials(step, tile, has_bias)
+        c_tiles = cdiv(step.cin, bm)
+        splits = fused_backward_splits(c_tiles, cdiv(m, tile[2]), SMS)
+        written = w if not dw_part else dw_part
+        moved = up + 2 * x + w + written + db_part
+        floor = up + 2 * x + w + (0 if dw_part else w)
+        l2 = up * c_tiles + 2 * x + w * splits + written + db_part
     elif kernel == "weight_reduce":
-        dw_part, db_part = weight_grad_partials(step, DEFAULT_TILES["backward_weight"], has_bias)
+        fused = fused_tile(step, relu)
+        if fused:
+            dw_part, db_part = fused_partials(step, fused, has_bias)
+        else:
+            dw_part, db_part = weight_grad_partials(step, DEFAULT_TILES["backward_weight"], has_bias)
         partials = dw_part + db_part
         from_dram = partials if partials > PARTIALS_IN_L2 else 0
         moved = from_dram + (w if dw_part else 0) + bias
@@ -182,9 +239,10 @@ def step_rows(step, elem: int = 2, relu=None, weight_stride1: bool = False) -> l
     """Every kernel of a training step (forward and backward) and the two totals. The forward and
     the backward each repack a weight that is not stride-1 along Cout (weight_pack, counted in
     both totals)."""
-    rows = [kernel_bytes(k, step, elem, relu, weight_stride1=weight_stride1) for k in KERNELS]
+    launched = ("weight_pack", "forward", *backward_kernels(step, relu))
+    rows = [kernel_bytes(k, step, elem, relu, weight_stride1=weight_stride1) for k in KERNELS if k in launched]
     fwd = [r for r in rows if r["kernel"] in ("weight_pack", "forward")]
-    bwd = [r for r in rows if r["kernel"] in ("weight_pack", "backward_input", "backward_weight", "weight_reduce")]
+    bwd = [r for r in rows if r["kernel"] in ("weight_pack", *backward_kernels(step, relu))]
     for name, part, direction in (("forward total", fwd, "forward"), ("backward total", bwd, "backward")):
         rows.append(_with_times(dict(kernel=name, step=step.name, moved=sum(r["moved"] for r in part),
                                      floor=step_floor(step, direction, elem, relu),

@@ -14,11 +14,11 @@ import triton.language as tl
 OLDEST_TRITON = (3, 6)
 
 
-def _major_minor(version: str) -> tuple:
+def major_minor(version: str) -> tuple:
     return tuple(int(p) for p in re.findall(r"\d+", version)[:2])
 
 
-if _major_minor(triton.__version__) < OLDEST_TRITON:
+if major_minor(triton.__version__) < OLDEST_TRITON:
     # up_concat_op catches this and runs the PyTorch path, saying why.
     raise ImportError(f"unet_fast's Triton kernels need Triton >= {'.'.join(map(str, OLDEST_TRITON))}, "
                       f"found {triton.__version__}")
@@ -39,7 +39,7 @@ def interpreter_problem():
     can be converted to Python scalars" at a range() over a runtime bound); 3.9 does not. 3.7 and
     3.8 were not checked, so they are not refused."""
     import numpy
-    if _major_minor(triton.__version__) == (3, 6) and _major_minor(numpy.__version__) >= (2, 4):
+    if major_minor(triton.__version__) == (3, 6) and major_minor(numpy.__version__) >= (2, 4):
         return (f"Triton {triton.__version__}'s interpreter (TRITON_INTERPRET=1) fails in every kernel with "
                 f"numpy {numpy.__version__}: install 'numpy<2.4' or Triton >= 3.9, or unset TRITON_INTERPRET "
                 "to run the PyTorch path")
@@ -177,3 +177,55 @@ def program_role(pid, N_ROW_BLOCKS, NIMG, PS, CS, N_COLS, BLOCK_M: tl.constexpr,
     col = pid - pid_m * group
     q = pid_m * per_group + (col - N_COLS)
     return pid_m, col, q, n_copy
+
+
+@triton.jit
+def block_origin(kb, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pixel block kb of the whole-rows path of the kernels that walk pixel blocks (a block is
+    BLOCK_K // BLOCK_W rows of BLOCK_W pixels of one image plane) -> (image, d, first row h0,
+    first column w0)."""
+    rows: tl.constexpr = BLOCK_K // BLOCK_W
+    n_w = W // BLOCK_W
+    per_plane = (H // rows) * n_w
+    per_image = D * per_plane
+    img = kb // per_image
+    rem = kb - img * per_image
+    d = rem // per_plane
+    rem = rem - d * per_plane
+    hb = rem // n_w
+    return img, d, hb * rows, (rem - hb * n_w) * BLOCK_W
+
+
+@triton.jit
+def next_block(img, d, h0, w0, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The origin of the pixel block after the one at (img, d, h0, w0), in block_origin's order."""
+    w0 += BLOCK_W
+    wrap = w0 >= W
+    w0 = tl.where(wrap, 0, w0)
+    h0 = tl.where(wrap, h0 + BLOCK_K // BLOCK_W, h0)
+    wrap = h0 >= H
+    h0 = tl.where(wrap, 0, h0)
+    d = tl.where(wrap, d + 1, d)
+    wrap = d >= D
+    d = tl.where(wrap, 0, d)
+    img = tl.where(wrap, img + 1, img)
+    return img, d, h0, w0
+
+
+@triton.jit
+def origin_offsets(img, d, h0, w0, IDX64: tl.constexpr):
+    """A block origin (block_origin, next_block) in the integer type of element offsets."""
+    return as_offset(img, IDX64), as_offset(d, IDX64), as_offset(h0, IDX64), as_offset(w0, IDX64)
+
+
+@triton.jit
+def split_blocks(s, n_split, NIMG, DHW, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pixel blocks [kb0, kb1) of split s of n_split over NIMG images of DHW pixels: whole-row
+    blocks (block_origin) when BLOCK_W > 0, else per-image blocks of BLOCK_K (row_block)."""
+    if BLOCK_W > 0:
+        n_blocks = NIMG * (DHW // BLOCK_K)
+    else:
+        n_blocks = NIMG * tl.cdiv(DHW, BLOCK_K)
+    kb0 = (s.to(tl.int64) * n_blocks // n_split).to(tl.int32)
+    kb1 = ((s + 1).to(tl.int64) * n_blocks // n_split).to(tl.int32)
+    return kb0, kb1

@@ -10,6 +10,8 @@ import functools
 
 import triton
 
+from .common import major_minor
+
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and operand class: "16-bit"
 # (bf16, fp16), "tf32" (float32 through TF32 tensor cores, PyTorch's default for convolutions) and
 # "fp32" (float32 in full precision: FMA, no tensor cores, so the smallest tiles). Every kernel
@@ -45,11 +47,13 @@ TILES = {
     "backward_weight": {
         "16-bit": [(64, 64, 32, 8, 3)],  # 64x64x64 w8 spilled 8 bytes on sm_80 (Triton 3.9, 3d1)
         "tf32": [(64, 64, 32, 8, 3)],
-        "fp32": [(32, 32, 32, 8, 2)],  # 4 warps spilled 16-80 bytes (fp32 FMA dot, M-major x^T)
+        # 4 warps spilled 16-80 bytes (fp32 FMA dot, M-major x^T); BLOCK_K 32 spilled 16 bytes on
+        # sm_90 without ReLU, with dbias (Triton 3.9, 3d2 and 3da).
+        "fp32": [(32, 32, 16, 8, 2)],
         "16-bit-nchw": [(64, 32, 64, 8, 4), (64, 32, 32, 8, 4)],
         "tf32-nchw": [(64, 32, 16, 4, 3)],  # 64x32x32 spilled 4-12 bytes on sm_80 (Triton 3.9; w4 and w8)
         # 32 x 32: 4-12 bytes spilled at 8 warps, 300+ at 4 (Triton 3.6, 3.9); 32 x 16 x 32 spilled
-        # 4-12 bytes with int64 offsets on sm_90 (3d4, Triton 3.9).
+        # 4-12 bytes with int64 offsets on sm_90 (3d4, Triton 3.9). From Triton 3.9: FROM_TRITON.
         "fp32-nchw": [(32, 16, 16, 8, 2)],
     },
 }
@@ -79,6 +83,34 @@ HOPPER_TILES = {
 LIGHT_TILES = {"forward": {"16-bit": [(256, 128, 64, 8, 3)]}}
 
 
+# The one-pass backward without ReLU (kernels/up_concat_backward_fused.py), per operand class and
+# the least compute capability: (most (tap, Cout) columns, BLOCK_M Cin, BLOCK_K pixels, warps,
+# stages), the first whose column count holds the step's taken. BLOCK_N is every column of the
+# step (a power of two). Its float32 accumulator is columns x BLOCK_M, so the Cin tile narrows as
+# the columns grow: 256 x 64 took 174-181 registers on sm_90 (Triton 3.6), 512 x 32 207-236;
+# 512 x 64 spilled 524-2148 bytes at 8 and 16 warps. On sm_80 (mma.sync accumulators) 256 x 64
+# and 512 x 32 reached 255 registers, so it takes 256 x 32 at most. Steps with more columns,
+# and classes not listed, take the two-kernel backward.
+FUSED_BACKWARD = {
+    "16-bit": {90: [(256, 64, 64, 8, 2), (512, 32, 64, 8, 2)], 80: [(256, 32, 64, 8, 2)]},
+}
+
+
+def fused_backward_tile(operands: str, capability: int, columns: int, shared_limit: int):
+    """Launch arguments of the one-pass backward for `operands` on compute capability
+    `capability` and a step of `columns` (tap, Cout) columns, BLOCK_N included (every column, a
+    power of two); None when no tile takes it or fits `shared_limit` bytes of shared memory."""
+    by_arch = FUSED_BACKWARD.get(operands, {})
+    archs = [a for a in by_arch if a <= capability]
+    element_size = 2 if operands.startswith("16-bit") else 4
+    block_n = max(16, triton.next_power_of_2(columns))
+    for most, bm, bk, warps, stages in by_arch[max(archs)] if archs else []:
+        if columns <= most and shared_memory_bound("backward_fused", (bm, block_n, bk, warps, stages),
+                                                   element_size) <= shared_limit:
+            return dict(BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return None
+
+
 def light_variant(constexprs: dict) -> bool:
     """Whether a launch with these constexprs is a light variant (LIGHT_TILES apply)."""
     return not constexprs.get("WRITE_BITS") and not constexprs.get("IDX64") and constexprs.get("KD", 1) == 1
@@ -106,15 +138,33 @@ NOT_BEFORE_HOPPER = {
 }
 
 
+# Lists that replace a TILES list from a Triton version on, where ptxas spills one version's code
+# and not the other's. fp32-nchw backward_weight: 32x16x16 w8 with 2 stages spilled 4 bytes on
+# sm_90 under Triton 3.9 (3d3, no ReLU, with dbias) and none under 3.6 and 3.8; with 1 stage
+# none under 3.9 and 4-8 bytes under 3.6 and 3.8 (int64 offsets, no ReLU). 16x16x16 w4,
+# 16x32x16 w4, 32x16x16 w4 and 32x16x16 w8 s3 each spilled under at least one of the three.
+FROM_TRITON = {(3, 9): {"backward_weight": {"fp32-nchw": [(32, 16, 16, 8, 1)]}}}
+
+
+def base_tiles(kernel: str, operands: str, version: str = triton.__version__) -> list:
+    """TILES[kernel][operands], or its FROM_TRITON replacement for Triton `version`."""
+    tiles = TILES[kernel][operands]
+    for since, table in sorted(FROM_TRITON.items()):
+        if major_minor(version) >= since:
+            tiles = table.get(kernel, {}).get(operands, tiles)
+    return tiles
+
+
 def tiles_for(kernel: str, operands: str, capability: int, light: bool = False) -> list:
     """The tiles a kernel may launch with for `operands` on a GPU of compute capability
     `capability` (90 for sm_90), before shared-memory pruning; `light`: for a light variant
     (light_variant), whose LIGHT_TILES come first."""
+    tiles = base_tiles(kernel, operands)
     if capability >= 90:
         light_tiles = LIGHT_TILES.get(kernel, {}).get(operands, []) if light else []
-        return light_tiles + HOPPER_TILES.get(kernel, {}).get(operands, []) + TILES[kernel][operands]
+        return light_tiles + HOPPER_TILES.get(kernel, {}).get(operands, []) + tiles
     skipped = NOT_BEFORE_HOPPER.get(kernel, {}).get(operands, [])
-    return [t for t in TILES[kernel][operands] if t not in skipped]
+    return [t for t in tiles if t not in skipped]
 
 
 def operand_class(element_size: int, input_precision: str, channels_last: bool = True) -> str:
@@ -138,12 +188,16 @@ def channels_last_operand(t) -> bool:
 # the x tile, the grad tile and its masked copy for the tensor cores, the mask bytes within that
 # bound), and once, its float32 accumulator of BM x BN, which the
 # compiler may pass through shared memory to change layout before the stores.
+# backward_fused: the gy tile (BLOCK_K pixels x BLOCK_N columns) and the x tile per stage, and
+# once its Cin tile of W^T (BLOCK_N x BLOCK_M), loaded before the loop.
 STAGE_ELEMENTS = {
     "forward": lambda bm, bn, bk: bm * bk + bk * bn,
     "backward_input": lambda bm, bn, bk: 2 * bm * bk + bk * bn,
     "backward_weight": lambda bm, bn, bk: bm * bk + 2 * bk * bn,
+    "backward_fused": lambda bm, bn, bk: bk * bn + bk * bm,
 }
-ACCUMULATORS = {"forward": 1, "backward_input": 1, "backward_weight": 1}
+ONCE_ELEMENTS = {"backward_fused": lambda bm, bn, bk: bn * bm}
+ACCUMULATORS = {"forward": 1, "backward_input": 1, "backward_weight": 1, "backward_fused": 1}
 
 
 def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
@@ -155,7 +209,8 @@ def shared_memory_bound(kernel: str, tile, element_size: int) -> int:
     before anything is compiled."""
     bm, bn, bk, _warps, stages = tile
     stage = STAGE_ELEMENTS[kernel](bm, bn, bk) * element_size
-    return max(stages * stage, (stages - 1) * stage + ACCUMULATORS[kernel] * bm * bn * 4)
+    once = ONCE_ELEMENTS.get(kernel, lambda *_: 0)(bm, bn, bk) * element_size
+    return once + max(stages * stage, (stages - 1) * stage + ACCUMULATORS[kernel] * bm * bn * 4)
 
 
 def weight_grad_ctas_per_sm(tile, element_size: int) -> int:
@@ -219,8 +274,8 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n
     operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists, and WRITE_BITS
     and IDX64, since a light variant (light_variant) also tries LIGHT_TILES. Tiles wider than the
     GEMM's N (argument `n_arg`) are pruned too (narrow_enough), unless none is left."""
-    every_tile = sorted({t for table in (TILES, HOPPER_TILES, LIGHT_TILES) for tiles in table.get(kernel, {}).values()
-                         for t in tiles})
+    every_tile = sorted({t for table in (TILES, HOPPER_TILES, LIGHT_TILES, *FROM_TRITON.values())
+                         for tiles in table.get(kernel, {}).values() for t in tiles})
 
     def prune(configs, named_args, **kwargs):
         operand = named_args[dtype_arg]

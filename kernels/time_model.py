@@ -83,13 +83,19 @@ def k_iterations(kernel: str, step, tile, launch_args=None) -> int:
       backward_weight  dW[Cin tile, columns] = sum over one split's pixels of x^T @ grad: the
                        pixel blocks of BLOCK_K (per image; whole rows when BLOCK_W > 0) over
                        the S_LO splits of a tile (a tile with one split more runs shorter ones),
-                       or the launch's BLOCKS_PER_SPLIT."""
+                       or the launch's BLOCKS_PER_SPLIT;
+      backward_fused   both products of one pixel block of BLOCK_K per step, over one of the
+                       launch's S splits of the blocks."""
     _bm, _bn, bk = tile
     args = launch_args or {}
     if kernel == "forward":
         return cdiv(step.cin, bk)
     if kernel == "backward_input":
         return step.taps * cdiv(step.cout, bk)
+    if kernel == "backward_fused":
+        per_image = step.m // step.n
+        blocks = step.n * (per_image // bk if args.get("BLOCK_W") else cdiv(per_image, bk))
+        return cdiv(blocks, args.get("S", 1))
     if kernel == "backward_weight":
         if "BLOCKS_PER_SPLIT" in args:
             return args["BLOCKS_PER_SPLIT"]

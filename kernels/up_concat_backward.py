@@ -1,4 +1,5 @@
-"""Backward of up_concat, 2-D and 3-D: three launches, no atomics (deterministic by construction).
+"""Backward of up_concat, 2-D and 3-D: three launches, no atomics (deterministic by construction);
+without a ReLU, two (up_concat_backward_fused.py: dx and dW from one pass over grad).
 
 With gy = the upsampled channels of grad (zeroed where the forward's ReLU clipped, after a ReLU),
 seen as the GEMM output unshuffled to [M, T*Cout] (see up_concat_forward.py for the index math):
@@ -118,6 +119,7 @@ up_concat_backward_input_kernel_autotuned = autotuned(up_concat_backward_input_k
                                                      "CIN")
 
 
-# The weight-gradient kernels live in their own module; they are named here too, so that one
-# import of this module reaches every backward kernel.
+# The weight-gradient kernels and the one-pass backward live in their own modules; they are named
+# here too, so that one import of this module reaches every backward kernel.
 from .up_concat_backward_weight import up_concat_backward_weight_kernel, up_concat_weight_reduce_kernel  # noqa: E402,F401
+from .up_concat_backward_fused import up_concat_backward_fused_kernel  # noqa: E402,F401

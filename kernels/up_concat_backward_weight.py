@@ -21,38 +21,8 @@ BLOCK_W = 0 takes the general per-pixel index math.
 import triton
 import triton.language as tl
 
-from .common import as_offset, pixel_offset, row_block, spatial_coords, tap_offset, tile_product, up_pixel_offset
-
-
-@triton.jit
-def _block_origin(kb, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Pixel block kb of the BLOCK_W path -> (image, d, first row h0, first column w0)."""
-    rows: tl.constexpr = BLOCK_K // BLOCK_W
-    n_w = W // BLOCK_W
-    per_plane = (H // rows) * n_w
-    per_image = D * per_plane
-    img = kb // per_image
-    rem = kb - img * per_image
-    d = rem // per_plane
-    rem = rem - d * per_plane
-    hb = rem // n_w
-    return img, d, hb * rows, (rem - hb * n_w) * BLOCK_W
-
-
-@triton.jit
-def _next_block(img, d, h0, w0, D, H, W, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The origin of the pixel block after the one at (img, d, h0, w0), in _block_origin's order."""
-    w0 += BLOCK_W
-    wrap = w0 >= W
-    w0 = tl.where(wrap, 0, w0)
-    h0 = tl.where(wrap, h0 + BLOCK_K // BLOCK_W, h0)
-    wrap = h0 >= H
-    h0 = tl.where(wrap, 0, h0)
-    d = tl.where(wrap, d + 1, d)
-    wrap = d >= D
-    d = tl.where(wrap, 0, d)
-    img = tl.where(wrap, img + 1, img)
-    return img, d, h0, w0
+from .common import (as_offset, block_origin, next_block, origin_offsets, pixel_offset, row_block, spatial_coords,
+                     split_blocks, tap_offset, tile_product, up_pixel_offset)
 
 
 @triton.jit
@@ -100,15 +70,14 @@ def _weight_grad_loop(
         bit_tile = (ih * W + iw)[:, None] * (T * NB) + byte_col[None, :]
         bit_mask = (i < BLOCK_K)[:, None] & mask_q[None, :]
         # The first block's origin by division, then the next ones by stepping: no division in the loop.
-        img_k, d_k, h_k, w_k = _block_origin(kb0, D, H, W, BLOCK_W, BLOCK_K)
+        img_k, d_k, h_k, w_k = block_origin(kb0, D, H, W, BLOCK_W, BLOCK_K)
         for kb in range(kb0, kb1):
-            img = as_offset(img_k, IDX64)
-            d = as_offset(d_k, IDX64)
-            h0 = as_offset(h_k, IDX64)
-            w0 = as_offset(w_k, IDX64)
-            img_k, d_k, h_k, w_k = _next_block(img_k, d_k, h_k, w_k, D, H, W, BLOCK_W, BLOCK_K)
-            x_t = tl.load(x_ptr + (img * sxn + d * sxd + h0 * sxh + w0 * sxw) + x_tile, mask=x_mask, other=0.0)
-            g3 = tl.load(g_ptr + (img * sgn + (KD * d) * sgd + (KH * h0) * sgh + (KW * w0) * sgw) + g_tile,
+            img, d, h0, w0 = origin_offsets(img_k, d_k, h_k, w_k, IDX64)
+            img_k, d_k, h_k, w_k = next_block(img_k, d_k, h_k, w_k, D, H, W, BLOCK_W, BLOCK_K)
+            # The block's first pixel: of x with a unit kernel, of grad (tap 0) with the step's.
+            x_t = tl.load(x_ptr + up_pixel_offset(img, d, h0, w0, sxn, sxd, sxh, sxw, 1, 1, 1) + x_tile, mask=x_mask,
+                          other=0.0)
+            g3 = tl.load(g_ptr + up_pixel_offset(img, d, h0, w0, sgn, sgd, sgh, sgw, KD, KH, KW) + g_tile,
                          mask=g_mask, other=0.0)
             if UPCAST:
                 g3 = g3.to(tl.float32)
@@ -118,7 +87,7 @@ def _weight_grad_loop(
                     byte = tl.load(bits_ptr + ((img * D + d) * H + h0) * W * (T * NB) + w0 * (T * NB) + bit_tile,
                                    mask=bit_mask, other=0)
                 else:
-                    out = tl.load(o_ptr + (img * son + (KD * d) * sod + (KH * h0) * soh + (KW * w0) * sow)
+                    out = tl.load(o_ptr + up_pixel_offset(img, d, h0, w0, son, sod, soh, sow, KD, KH, KW)
                                   + o_tile, mask=g_mask, other=0.0)
                     if UPCAST:  # the interpreter cannot compare bfloat16 values
                         out = out.to(tl.float32)
@@ -197,12 +166,7 @@ def up_concat_backward_weight_kernel(
     n_split = S_LO + (tile < R_EXTRA).to(tl.int32)
     pid_c = tile // n_col
     col = tile - pid_c * n_col
-    if BLOCK_W > 0:
-        n_blocks = NIMG * (DHW // BLOCK_K)
-    else:
-        n_blocks = NIMG * tl.cdiv(DHW, BLOCK_K)
-    kb0 = (s.to(tl.int64) * n_blocks // n_split).to(tl.int32)
-    kb1 = ((s + 1).to(tl.int64) * n_blocks // n_split).to(tl.int32)
+    kb0, kb1 = split_blocks(s, n_split, NIMG, DHW, BLOCK_W, BLOCK_K)
     offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_c = offs_c < CIN
     # Columns as [BLOCK_N // 8 mask bytes, 8 channels]: tap, channel, offsets, mask; per byte.

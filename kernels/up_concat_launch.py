@@ -10,18 +10,20 @@ tap's [Cin, Cout] tile is a dense block (vector and async-copy loads): a channel
 weight already is; any other is repacked once per call (weight.numel() elements, at most a few MB).
 """
 import contextlib
+import math
 
 import torch
 import triton
 
 from . import up_concat_backward as bwd
+from . import up_concat_backward_fused as fused
 from . import up_concat_forward as fwd
 from ..ops.layout import channel_slices, new_buffer, output_memory_format, step_shapes
 from ..ops.relu_mask import mask_parts, pack_relu_mask
-from .byte_model import weight_grad_layout
+from .byte_model import fused_backward_splits as _fused_splits, weight_grad_layout
 from .common import interpreting
-from .configs import (REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS, REDUCE_WARPS, channels_last_operand, fixed_tile,
-                      operand_class, weight_grad_ctas_per_sm)
+from .configs import (REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS, REDUCE_WARPS, channels_last_operand, device_limits,
+                      fixed_tile, fused_backward_tile, operand_class, weight_grad_ctas_per_sm)
 
 _recorder = None
 
@@ -206,6 +208,19 @@ def weight_grad_splits(blocks: int, tiles: int, device: torch.device, ctas_per_s
     return weight_grad_layout(tiles, blocks, MODELLED_SMS, ctas_per_sm)
 
 
+def fused_backward_splits(blocks: int, c_tiles: int, device: torch.device) -> int:
+    """Splits of the one-pass backward's pixel blocks (every Cin tile takes the same ones): on a
+    GPU one wave (byte_model.fused_backward_splits); the interpreter three, so tests cover a
+    reduction; WEIGHT_GRAD_SPLITS when a test sets it."""
+    if WEIGHT_GRAD_SPLITS is not None:
+        return max(1, min(blocks, WEIGHT_GRAD_SPLITS))
+    if device.type == "cuda":
+        return _fused_splits(c_tiles, blocks, torch.cuda.get_device_properties(device).multi_processor_count)
+    if interpreting():
+        return min(blocks, 3)
+    return _fused_splits(c_tiles, blocks, MODELLED_SMS)
+
+
 def pixel_block_width(h: int, w: int, block_k: int) -> int:
     """The backward_weight kernel's BLOCK_W: the widest power of two <= block_k dividing w, when
     block_k // BLOCK_W rows divide h (a pixel block is then whole rows of one image plane, and
@@ -237,6 +252,11 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     up, sk = channel_slices(cout, cs, skip_first)
     conv_c0, skip_c0 = up.start, sk.start
     wk = weight_for_kernels(weight)
+    if not relu and cs == 0:
+        tile = backward_fused_tile(grad, x, taps, cout)
+        if tile is not None:
+            dweight, dbias = launch_fused_backward(grad, x, wk, weight, dx, has_bias=has_bias, tile=tile)
+            return dx, dskip, dweight, dbias
     conv_bytes = mask_parts(x, weight, cs)[0]
     if relu and bits is None:
         bits = pack_relu_mask(out, weight, skip_first)
@@ -296,13 +316,7 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
     s_lo, r_extra = weight_grad_splits(blocks, gemm_tiles, x.device, occupancy)
     slots = s_lo + (r_extra > 0)
     direct = slots == 1
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dweight = new_buffer(weight.shape, weight)
-    dbias = new_buffer((cout,), weight) if has_bias else weight.new_zeros(cout)
-    # The partials are [slots, Cin, T, Cout] and [slots, T, Cout]: far under 2**31 elements.
-    db_part = new_buffer((slots, taps, cout), x, dtype=acc_dtype)
-    # With one split the kernel stores dW itself; db_part stands in for the unused dw_part.
-    dw_part = db_part if direct else new_buffer((slots, cin, taps, cout), x, dtype=acc_dtype)
+    dweight, dbias, dw_part, db_part = weight_grad_buffers(x, weight, slots, has_bias)
     dw_strides = (dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:])
     launch(
         bwd.up_concat_backward_weight_kernel, (s_lo * gemm_tiles + r_extra,),
@@ -313,6 +327,34 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
         FLAT_X=flat_pixels((x,), (d, h, w)), BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tiles,
     )
 
+    launch_weight_reduce(dw_part, db_part, dweight, dbias, cin=cin, cout=cout, cout_p=cout_p, taps=taps,
+                         kernel=(kd, kh, kw), has_bias=has_bias, direct=direct, n_col=n_col, block_m=block_m,
+                         block_n=block_n, s_lo=s_lo, r_extra=r_extra)
+    return dweight, dbias
+
+
+def weight_grad_buffers(x, weight, slots: int, has_bias: bool) -> tuple:
+    """(dweight, dbias, dw_part, db_part) for a weight gradient summed over `slots` pixel ranges:
+    the partials [slots, Cin, T, Cout] and [slots, T, Cout] in the accumulator's dtype (far under
+    2**31 elements). With one slot the kernel stores dW itself and db_part stands in for the
+    unused dw_part. dbias is zeros when there is no bias."""
+    cin, cout = weight.shape[:2]
+    taps = math.prod(weight.shape[2:])
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dweight = new_buffer(weight.shape, weight)
+    dbias = new_buffer((cout,), weight) if has_bias else weight.new_zeros(cout)
+    db_part = new_buffer((slots, taps, cout), x, dtype=acc_dtype)
+    dw_part = db_part if slots == 1 else new_buffer((slots, cin, taps, cout), x, dtype=acc_dtype)
+    return dweight, dbias, dw_part, db_part
+
+
+def launch_weight_reduce(dw_part, db_part, dweight, dbias, *, cin, cout, cout_p, taps, kernel, has_bias, direct,
+                         n_col, block_m, block_n, s_lo, r_extra):
+    """The fixed-order sum of the weight-gradient partials into dweight and dbias (nothing to do
+    when `direct` left dweight written and there is no bias). The split layout (n_col column tiles
+    of block_n over taps * cout_p columns, Cin tiles of block_m, s_lo splits and r_extra tiles
+    with one more) is the partials' writer's."""
+    kd, kh, kw = kernel
     elements = 0 if direct else cin * taps * cout
     programs = triton.cdiv(elements, REDUCE_BLOCK) + (triton.cdiv(cout, REDUCE_CHANNELS) if has_bias else 0)
     if programs:
@@ -320,8 +362,59 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
             bwd.up_concat_weight_reduce_kernel, (programs,),
             dw_part, db_part, dweight, dbias,
             cin, cout, cout_p, elements, n_col, block_m, block_n, s_lo, r_extra,
-            *dw_strides, dbias.stride(0),
+            dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:], dbias.stride(0),
             KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, BLOCK_S=REDUCE_ROWS,
             BLOCK_O=REDUCE_CHANNELS, num_warps=REDUCE_WARPS,
         )
+
+
+def backward_fused_tile(grad: torch.Tensor, x: torch.Tensor, taps: int, cout: int):
+    """The tile of the one-pass backward (kernels/up_concat_backward_fused.py) for this launch, or
+    None when the two-kernel backward runs: every (tap, Cout) column must fit one tile of its
+    operand class (configs.FUSED_BACKWARD; both streamed operands, x and grad, decide the class).
+    The interpreter takes it whenever the columns fit 512, with its small fixed tiles."""
+    columns = taps * 16 * triton.cdiv(cout, 16)
+    if interpreting() or x.dtype == torch.float64:
+        if columns > 512:
+            return None
+        tiles = fixed_tiles(x.dtype)
+        return dict({k: tiles[k] for k in ("BLOCK_M", "BLOCK_K", "num_warps", "num_stages")},
+                    BLOCK_N=max(16, triton.next_power_of_2(columns)))
+    stride1 = channels_last_operand(x) and channels_last_operand(grad)
+    operands = operand_class(x.element_size(), math_settings(x.dtype)["INPUT_PRECISION"], stride1)
+    capability, shared_limit = device_limits()
+    return fused_backward_tile(operands, capability, columns, shared_limit)
+
+
+def launch_fused_backward(grad, x, wk, weight, dx, *, has_bias: bool, tile: dict):
+    """dx (written into `dx`), and (dweight, dbias), of a step without ReLU whose gradient `grad`
+    is the upsampled channels' alone: the one-pass kernel, then the reduction of its partials.
+    `wk` is weight_for_kernels(weight); `tile` backward_fused_tile's."""
+    n, cin = x.shape[:2]
+    cout = weight.shape[1]
+    kd, kh, kw = kernel_size(weight)
+    d, h, w = sizes3(x)
+    taps = kd * kh * kw
+    math = math_settings(x.dtype)
+    math["IDX64"] = needs_int64_offsets(grad, x, wk, dx) or n * d * h * w * taps >= 2**31 - 1
+    cout_p = 16 * triton.cdiv(cout, 16)
+    block_m, block_n, block_k = tile["BLOCK_M"], tile["BLOCK_N"], tile["BLOCK_K"]
+    c_tiles = triton.cdiv(cin, block_m)
+    block_w = pixel_block_width(h, w, block_k)
+    blocks = n * (d * h * w // block_k if block_w else triton.cdiv(d * h * w, block_k))
+    splits = fused_backward_splits(blocks, c_tiles, x.device)
+    direct = splits == 1
+    dweight, dbias, dw_part, db_part = weight_grad_buffers(x, weight, splits, has_bias)
+    dw_strides = (dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:])
+    launch(
+        fused.up_concat_backward_fused_kernel, (splits * c_tiles,),
+        grad, x, wk, dx, dw_part, db_part, dweight,
+        n, d, h, w, d * h * w, cin, cout, cout_p, c_tiles, splits,
+        *strides5(grad), *strides5(x), *strides5(dx), wk.stride(0), wk.stride(1), *strides5(wk)[2:], *dw_strides,
+        KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, DIRECT=direct, FLAT_X=flat_pixels((x, dx), (d, h, w)),
+        BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tile,
+    )
+    launch_weight_reduce(dw_part, db_part, dweight, dbias, cin=cin, cout=cout, cout_p=cout_p, taps=taps,
+                         kernel=(kd, kh, kw), has_bias=has_bias, direct=direct, n_col=1, block_m=block_m,
+                         block_n=block_n, s_lo=splits, r_extra=0)
     return dweight, dbias

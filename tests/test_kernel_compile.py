@@ -1,4 +1,5 @@
-"""Every up_concat kernel's int64-offset (IDX64) variant compiles for sm_90 on this CPU.
+"""Every up_concat kernel's int64-offset (IDX64) variant compiles for sm_90 on this CPU, with and
+without ReLU and bias.
 
 Triton's interpreter runs @triton.jit helpers as plain Python, so a helper the compiler refuses
 (`as_offset` returning int64 in one branch and its argument unchanged, int32, in the other) passes
@@ -63,6 +64,9 @@ SCRIPT = textwrap.dedent('''
         b = torch.empty(32, dtype=dtype)
         out = launch_forward(x, skip, w, b, relu=True, skip_first=False)
         launch_backward(torch.empty_like(out), out, x, w, skip_first=True, has_bias=True)
+        # Without ReLU or bias, as the op's autograd calls it (the upsampled channels' gradient
+        # alone): the one-pass backward in bf16 channels_last, the two-kernel one otherwise.
+        launch_backward(torch.empty_like(out)[:, :32], None, x, w, skip_first=False, has_bias=False)
 
     with offline_target(90), recording_launches(compile_idx64):
         step((16, 16), (2, 2), torch.bfloat16, torch.channels_last)
@@ -70,7 +74,8 @@ SCRIPT = textwrap.dedent('''
     print(json.dumps(rows))
 ''')
 
-IDX64_KERNELS = {"up_concat_forward_kernel", "up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"}
+IDX64_KERNELS = {"up_concat_forward_kernel", "up_concat_backward_input_kernel", "up_concat_backward_weight_kernel",
+                 "up_concat_backward_fused_kernel"}
 
 
 def compile_for_sm90(tmp_path, mode: str) -> list:
@@ -78,8 +83,7 @@ def compile_for_sm90(tmp_path, mode: str) -> list:
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / f"cache-{mode}")  # compile, do not reuse
-    proc = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -21,7 +21,7 @@ from unet_fast.cases import report_cases
 from unet_fast.kernels.configs import (TILES, narrow_enough, operand_class, shared_memory_bound, tiles_for,
                                       tiles_that_fit)
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
-from unet_fast.gpu.static_compile import ptx_features, ptxas_resources
+from unet_fast.gpu.static_compile import VARIANTS, ptx_features, ptxas_resources
 
 # .ci/run's second venv (the GPU machines' Triton 3.6.0) checks sm_90 alone, to keep CI short:
 # that Triton only ever compiles for the GPU machines, which are sm_90.
@@ -38,7 +38,6 @@ DTYPES = os.environ.get("UNET_FAST_STATIC_DTYPES", ",".join(DTYPE_CHOICES)).spli
 DTYPES_BY_ARCH = {arch: [d for d in DTYPES if arch != "sm_80" or d != "fp16"] for arch in ARCHES}
 ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee", "fp16": "ieee"}
-VARIANTS = [(True, True), (False, False)]  # (relu, has_bias), as static_compile.VARIANTS
 
 
 def operands(dtype, layout):
@@ -76,6 +75,28 @@ def _tile(row):
     return (*map(int, size.split("x")), int(warps[1:]), int(stages[1:]))
 
 
+def test_the_one_pass_backward_of_512_columns_compiles_without_spill(tmp_path):
+    """The steps above reach the one-pass backward's 256-column tiles (3da); its 512-column tile
+    (32 Cin channels, the most registers of its tiles; sm_90 only) first serves 3d2 (8 taps x 64
+    channels), compiled here in bf16 channels_last, alone."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    assert configs.fused_backward_tile("16-bit", 80, 512, SHARED_MEMORY_LIMIT[80]) is None
+    for arch, capability in ARCHES.items():
+        want = configs.fused_backward_tile("16-bit", capability, 512, SHARED_MEMORY_LIMIT[capability])
+        if want is None:
+            continue
+        path = tmp_path / f"static-{arch}.json"
+        cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", "3d2",
+               "--dtype", "bf16", "--layout", "channels_last", "--arch", arch]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert path.exists(), proc.stderr[-3000:]
+        with open(path) as f:
+            doc = json.load(f)
+        assert doc["meta"]["problems"] == [] and proc.returncode == 0, doc["meta"]["problems"]
+        fused = {r["config"] for r in doc["rows"] if r["kernel"] == "backward_fused"}
+        assert fused == {"{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**want)}, fused
+
+
 def test_every_launchable_config_compiles_fits_and_does_not_spill(report):
     proc, doc = report
     assert doc["meta"]["problems"] == [], "\n".join(doc["meta"]["problems"])
@@ -90,7 +111,8 @@ GEMM_N = {"forward": lambda step: step.cout, "backward_input": lambda step: step
 def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
     """One row per config the autotuner keeps after pruning, for each arch, dtype, layout, step,
     (ReLU, bias) variant and IDX64 setting, and with ReLU the forward twice (inference, and the
-    training forward that writes the mask bits); the dW reduction once per variant (no IDX64)."""
+    training forward that writes the mask bits); the one-pass backward instead of the two backward
+    kernels where the launcher takes it; the dW reduction once per variant (no IDX64)."""
     _, doc = report
     assert set(CASE_CHOICES) == {c.name for c in report_cases()} and set(CASES) <= set(CASE_CHOICES)
     assert set(DTYPES) <= set(DTYPE_CHOICES)
@@ -101,10 +123,22 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                 for case in CASES:
                     rows = [r for r in doc["rows"] if (r["arch"], r["dtype"], r["layout"], r["case"])
                             == (arch, dtype, layout, case)]
+                    step = case_of[case]
+                    columns = step.taps * 16 * -(-step.cout // 16)
                     for relu, bias in VARIANTS:
+                        # Without ReLU a step whose columns fit a one-pass tile takes it, and neither
+                        # backward_input nor backward_weight.
+                        fused = None if relu else configs.fused_backward_tile(
+                            operands(dtype, layout), capability, columns, SHARED_MEMORY_LIMIT[capability])
+                        fused_rows = sorted(_tile(r) for r in rows if (r["kernel"], r["relu"], r["has_bias"])
+                                            == ("backward_fused", relu, bias))
+                        want_fused = [] if fused is None else [tuple(fused[k] for k in (
+                            "BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"))] * 2  # IDX64 off, on
+                        assert fused_rows == want_fused, (arch, dtype, layout, case, relu, bias)
+                        backward = ("backward_input", "backward_weight")
                         for idx64 in (False, True):
                             # The forward twice with ReLU: inference, and the training forward writing bits.
-                            for kernel, bits in [(k, b) for k in TILES
+                            for kernel, bits in [(k, b) for k in TILES if not (fused and k in backward)
                                                  for b in ((False, True) if k == "forward" and relu else (False,))]:
                                 has_bias = bias and kernel != "backward_input"  # it takes no bias
                                 # The forward of inference with int32 offsets, one tap along depth, tries
@@ -157,7 +191,7 @@ def test_sm90_kernels_use_wgmma_and_channels_last_moves_16_bytes(report):
 def test_report_rows_carry_the_byte_model(report):
     _, doc = report
     for r in doc["rows"]:
-        if r["kernel"] in ("forward", "backward_input", "backward_weight"):
+        if r["kernel"] in ("forward", "backward_input", "backward_weight", "backward_fused"):
             assert r["moved_mb"] > 0 and r["floor_mb"] > 0 and r["x_floor"] >= 0.99, r
 
 
@@ -210,7 +244,8 @@ def test_shared_memory_exactly_at_the_limit_passes_and_one_byte_more_fails():
 def test_tile_lists_and_pruning_per_class_and_arch(capability):
     limit = SHARED_MEMORY_LIMIT[capability]
     for kernel, classes in TILES.items():
-        for operand_class_name, tiles in classes.items():
+        for operand_class_name in classes:
+            tiles = configs.base_tiles(kernel, operand_class_name)
             element_size = 2 if operand_class_name.startswith("16-bit") else 4
             if capability < 90:
                 skipped = configs.NOT_BEFORE_HOPPER.get(kernel, {}).get(operand_class_name, [])
@@ -222,6 +257,35 @@ def test_tile_lists_and_pruning_per_class_and_arch(capability):
             assert all(t[2] >= 16 for t in tiles)
     assert operand_class(2, "ieee") == "16-bit" and operand_class(2, "ieee", False) == "16-bit-nchw"
     assert operand_class(4, "tf32") == "tf32" and operand_class(4, "ieee", False) == "fp32-nchw"
+
+
+def test_one_pass_backward_tiles_fit_and_narrow_as_the_columns_grow():
+    """Each arch's list: more columns, a Cin tile no wider (the accumulator is columns x Cin
+    tile), every tile within the arch's shared memory; a step with more columns than the last, or
+    a GPU with too little shared memory, takes the two-kernel backward (None)."""
+    for operands, by_arch in configs.FUSED_BACKWARD.items():
+        for capability, tiles in by_arch.items():
+            assert [t[0] for t in tiles] == sorted(t[0] for t in tiles)
+            assert [t[1] for t in tiles] == sorted((t[1] for t in tiles), reverse=True)
+            limit = SHARED_MEMORY_LIMIT[capability]
+            for most, bm, bk, warps, stages in tiles:
+                assert bk >= 16 and shared_memory_bound("backward_fused", (bm, most, bk, warps, stages), 2) <= limit
+                assert configs.fused_backward_tile(operands, capability, most, limit)["BLOCK_M"] == bm
+            assert configs.fused_backward_tile(operands, capability, tiles[-1][0] + 16, limit) is None
+            assert configs.fused_backward_tile(operands, capability, 16, 1024) is None
+    assert configs.fused_backward_tile("tf32", 90, 16, SHARED_MEMORY_LIMIT[90]) is None
+    # An sm_89 GPU takes sm_80's list; 144 columns run as a 256-wide tile.
+    assert configs.fused_backward_tile("16-bit", 89, 144, 101376)["BLOCK_N"] == 256
+
+
+def test_a_triton_version_takes_its_own_list_where_one_is_given():
+    for since, table in configs.FROM_TRITON.items():
+        older = f"{since[0]}.{since[1] - 1}.0"
+        for kernel, classes in table.items():
+            for operand_class_name, tiles in classes.items():
+                assert configs.base_tiles(kernel, operand_class_name, f"{since[0]}.{since[1]}.0") == tiles
+                assert configs.base_tiles(kernel, operand_class_name, older) == TILES[kernel][operand_class_name]
+    assert configs.base_tiles("forward", "16-bit", "3.9.0") == TILES["forward"]["16-bit"]
 
 
 def test_light_tiles_only_for_inference_forward_with_int32_offsets_on_hopper():

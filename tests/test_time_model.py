@@ -219,3 +219,38 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     # 34.9 MB of partials: over the 25 MB that stay in L2, so read from DRAM; writes dW and dbias.
     assert reduce["moved"] == 34603008 + 270336 + w + bias
     assert byte_model.kernel_bytes("weight_reduce", d31, has_bias=False)["moved"] == 2 * 64 * 32 * 8  # in L2
+
+
+def test_one_pass_backward_route_splits_and_bytes_of_3d1_and_3d2_by_hand():
+    """Without ReLU a step whose (tap, Cout) columns fit 256 takes the 64-Cin tile, 512 the 32-Cin
+    one; one wave of 132 programs over the Cin tiles. 3d1: Cin 64, Cout 32, 8 taps (256 columns),
+    524,288 input pixels; 3d2: Cin 128, Cout 64 (512 columns), 65,536 pixels."""
+    d31, d32, up1, d35 = STEPS["3d1"], STEPS["3d2"], STEPS["up1"], STEPS["3d5"]
+    assert byte_model.fused_tile(d31) == (64, 256, 64) and byte_model.fused_tile(d32) == (32, 512, 64)
+    assert byte_model.backward_kernels(d31) == ("backward_fused", "weight_reduce")
+    assert byte_model.backward_kernels(up1) == ("backward_input", "backward_weight", "weight_reduce")  # ReLU
+    assert byte_model.backward_kernels(up1, relu=False)[0] == "backward_fused"   # 4 x 64 columns
+    assert byte_model.fused_tile(d35) is None                                       # 8 x 320 columns
+    assert byte_model.fused_backward_splits(1, 8192, 132) == 132
+    assert byte_model.fused_backward_splits(4, 1024, 132) == 33
+    assert byte_model.fused_backward_splits(4, 10, 132) == 10      # never a range under one block
+    # 2 images x 64^3 pixels in blocks of 64 = 8192 over 132 splits.
+    assert tm.k_iterations("backward_fused", d31, (64, 256, 64), dict(S=132, BLOCK_W=64)) == 63
+    x, up, w = 2 * 524288 * 64, 2 * 4194304 * 32, 2 * 64 * 32 * 8
+    dw_part, db_part = 4 * 64 * 8 * 32 * 132, 4 * 8 * 32 * 132
+    assert byte_model.fused_partials(d31, (64, 256, 64), True) == (dw_part, db_part)
+    fused = byte_model.kernel_bytes("backward_fused", d31)
+    # Reads grad's upsampled channels, x and w once; writes dx and the partials.
+    assert fused["moved"] == up + 2 * x + w + dw_part + db_part == 411471872
+    assert fused["floor"] == up + 2 * x + w
+    assert fused["l2_bytes"] == up + 2 * x + 132 * w + dw_part + db_part
+    # 3d2: four Cin tiles read each gy tile (once from DRAM, four times from L2).
+    x2, up2, w2 = 2 * 65536 * 128, 2 * 524288 * 64, 2 * 128 * 64 * 8
+    fused2 = byte_model.kernel_bytes("backward_fused", d32, has_bias=False)
+    assert fused2["moved"] == up2 + 2 * x2 + w2 + 4 * 128 * 8 * 64 * 33
+    assert fused2["l2_bytes"] == 4 * up2 + 2 * x2 + 33 * w2 + 4 * 128 * 8 * 64 * 33
+    # The reduction sums the one-pass partials (8.8 MB: in L2) and writes dW and dbias.
+    assert byte_model.kernel_bytes("weight_reduce", d31)["moved"] == w + 2 * 32
+    rows = {r["kernel"]: r for r in byte_model.step_rows(d31)}
+    assert "backward_input" not in rows and rows["backward total"]["moved"] == pytest.approx(
+        sum(rows[k]["moved"] for k in ("weight_pack", "backward_fused", "weight_reduce")))

@@ -55,8 +55,11 @@ COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), 
 STEP_COLUMNS = (("step", "{}"), ("dtype", "{}"), ("layout", "{}"), ("direction", "{}"), ("floor_us", "{:.1f}"),
                 ("fused_us", "{:.1f}"), ("pct_of_floor", "{:.0f}%"), ("eager_us", "{:.1f}"), ("compile_us", "{:.1f}"))
 SIXTEEN_BIT = ("bf16", "fp16")
-# The fused op's backward launches (weight_reduce: absent when nothing is left to reduce).
-BACKWARD_KERNELS = ("backward_input", "backward_weight", "weight_reduce")
+# The fused op's backward launches: the two-kernel backward, or the one-pass backward of a step
+# without ReLU (kernels/byte_model.py backward_kernels); weight_reduce is absent when nothing is
+# left to reduce.
+BACKWARD_KERNELS = ("backward_input", "backward_weight", "backward_fused", "weight_reduce")
+BACKWARD_ROUTES = (("backward_input", "backward_weight"), ("backward_fused",))
 
 
 def _choices(text, choices, option, canonical=None):
@@ -129,7 +132,8 @@ def step_table(rows, cases) -> list:
     table = []
     for (case, dtype, layout, has_bias), kernels in best.items():
         step, elem = by_name[case], names.DTYPES[dtype][0].itemsize
-        if ("forward", False) not in kernels or not all((k, False) in kernels for k in BACKWARD_KERNELS[:2]):
+        if ("forward", False) not in kernels or not any(all((k, False) in kernels for k in route)
+                                                       for route in BACKWARD_ROUTES):
             continue
         forward = kernels[("forward", False)]
         backward = sum(kernels.get((k, False), 0.0) for k in BACKWARD_KERNELS)

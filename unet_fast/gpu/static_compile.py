@@ -24,10 +24,13 @@ from unet_fast import names
 
 KERNEL_NAMES = {"up_concat_forward_kernel": "forward", "up_concat_backward_input_kernel": "backward_input",
                 "up_concat_backward_weight_kernel": "backward_weight",
+                "up_concat_backward_fused_kernel": "backward_fused",
                 "up_concat_weight_reduce_kernel": "weight_reduce"}
-# The constexpr variants each decoder step is compiled in: (ReLU, bias). Together with IDX64
-# forced on and off (compile_report) and the step's own specializations.
-VARIANTS = ((True, True), (False, False))
+# The constexpr variants each decoder step is compiled in: (ReLU, bias), with a bias as the
+# lesson's UNet, nnU-Net and MONAI decoders have one (a kernel's no-bias variant is its code
+# without the bias loop; tests/test_kernel_compile.py compiles those). Together with IDX64 forced on
+# and off (compile_report) and the step's own specializations.
+VARIANTS = ((True, True), (False, True))
 
 
 def ptxas_resources(log: str) -> dict:
@@ -180,6 +183,12 @@ def _empty(shape, dtype, fmt):
 _current_step = None
 
 
+def _modelled_relu(row) -> bool:
+    """The ReLU the byte model takes for a row: the kernel's own, but for the dW reduction (which
+    has none) the step's, which decides whose partials it sums."""
+    return bool(row.get("step_relu")) if row["kernel"] == "weight_reduce" else row["relu"]
+
+
 def byte_model_columns(row, kwargs) -> dict:
     """moved / floor bytes of the row's kernel for its step and tile (MODELLED, NOT MEASURED)."""
     from unet_fast.kernels import byte_model
@@ -187,7 +196,7 @@ def byte_model_columns(row, kwargs) -> dict:
         return {}
     elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
     tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
-    m = byte_model.kernel_bytes(row["kernel"], _current_step, elem, relu=row["relu"], has_bias=row["has_bias"],
+    m = byte_model.kernel_bytes(row["kernel"], _current_step, elem, relu=_modelled_relu(row), has_bias=row["has_bias"],
                                 tile=tile)
     return dict(moved_mb=m["moved"] / 1e6, floor_mb=m["floor"] / 1e6, x_floor=m["ratio"] if m["floor"] else None,
                 h100_us="{:.1f}-{:.1f}".format(*m["h100_us"]), h200_us="{:.1f}-{:.1f}".format(*m["h200_us"]))
@@ -234,7 +243,8 @@ def time_model_columns(row, step, kwargs, sass, launch_args, capability) -> dict
         cols.update(k_loop=loop["instructions"], per_64cube=loop["per_64cube"])
     elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
     tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
-    m = byte_model.kernel_bytes(row["kernel"], step, elem, relu=row["relu"], has_bias=row["has_bias"], tile=tile)
+    m = byte_model.kernel_bytes(row["kernel"], step, elem, relu=_modelled_relu(row), has_bias=row["has_bias"],
+                                tile=tile)
     cols["l2_mb"] = m["l2_bytes"] / 1e6
     gemm = dict(gemm_programs=0)
     if tile is not None:  # a GEMM kernel without a tensor-core loop (fp32 without TF32) is not modelled
