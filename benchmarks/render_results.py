@@ -90,6 +90,22 @@ def static_section(doc) -> list:
                   f"{'/'.join(sorted({r['tensor_cores'] for r in ok}))} | {worst('cp_async')} | "
                   f"{worst('widest_load')} / {worst('widest_store')} | {worst('scalar_16bit_loads')} | "
                   f"{sum(r.get('atomics') or 0 for r in ok)} | {f'{ratio:.2f}x' if ratio else '-'} |")
+    return md + modelled_steps(doc)
+
+
+def modelled_steps(doc, dtype="bf16", layout="channels_last") -> list:
+    """The report's per-step table (its time model of an H100 SXM) for one dtype and layout."""
+    rows = [r for r in doc.get("steps", {}).get("rows", []) if (r["dtype"], r["layout"]) == (dtype, layout)]
+    if not rows:
+        return []
+    md = ["", f"Per step, {dtype} {layout}, MODELLED, NOT MEASURED (the report's time model of an H100 SXM: "
+              "each kernel the largest of its DRAM, L2, issue and tensor-core bounds plus a launch; floor = the "
+              "step's floor bytes at 3.0 TB/s; eager and torch.compile modelled pass by pass):", "",
+          "| step | direction | floor us | fused us | % of floor | eager us | compile us |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['step']} | {r['direction']} | {r['floor_us']:.1f} | {r['fused_us']:.1f} | "
+                  f"{r['pct_of_floor']:.0f}% | {r['eager_us']:.1f} | {r['compile_us']:.1f} |")
     return md
 
 
