@@ -10,7 +10,6 @@ tap's [Cin, Cout] tile is a dense block (vector and async-copy loads): a channel
 weight already is; any other is repacked once per call (weight.numel() elements, at most a few MB).
 """
 import contextlib
-import math
 
 import torch
 import triton
@@ -234,7 +233,10 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     """Gradients (dx, dskip, dweight, dbias) of up_concat. After a ReLU the mask comes from
     `bits`, the mask buffer the forward wrote (launch_forward's bits=), or else from `out`, the
     forward's result (packed into bits here: out > 0 or NaN passes, threshold_backward's); both
-    None: no ReLU. dbias is zeros [Cout] when has_bias is False; dweight has weight's shape and dtype."""
+    None: no ReLU. dbias is zeros [Cout] when has_bias is False; dweight has weight's shape and dtype.
+    Without a ReLU, when grad holds the upsampled channels alone (no skip channels: the op's
+    autograd passes that slice) and a tile takes the step, the one-pass backward runs
+    (launch_fused_backward) instead of backward_input and backward_weight."""
     relu = out is not None or bits is not None
     n, cin = x.shape[:2]
     cout = weight.shape[1]
@@ -339,7 +341,8 @@ def weight_grad_buffers(x, weight, slots: int, has_bias: bool) -> tuple:
     2**31 elements). With one slot the kernel stores dW itself and db_part stands in for the
     unused dw_part. dbias is zeros when there is no bias."""
     cin, cout = weight.shape[:2]
-    taps = math.prod(weight.shape[2:])
+    kd, kh, kw = kernel_size(weight)
+    taps = kd * kh * kw
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     dweight = new_buffer(weight.shape, weight)
     dbias = new_buffer((cout,), weight) if has_bias else weight.new_zeros(cout)
