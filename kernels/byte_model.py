@@ -41,11 +41,18 @@ SMS = 132  # H100 SXM / H200: the launcher's split count fills 2 blocks per SM
 # The weight gradient's partials are read back by the next kernel: from L2 when they take at most
 # half of an H100's 50 MB L2 (the rest holds the lines streamed meanwhile), else from DRAM.
 PARTIALS_IN_L2 = 25e6
-# The weight gradient's grid holds at least this many programs per SM (a late program then delays
-# the kernel by a quarter of one SM's share at most). Each program writes a partial of its tile
-# (BLOCK_M x BLOCK_N fp32, 64 KB for 128 x 128): with one program per SM at a time, 4 per SM cost
-# 132 x 4 x 64 KB = 34.6 MB of partials on an H100 for every step whose tiles number under 528.
-WEIGHT_GRAD_PROGRAMS_PER_SM = 4
+# The weight gradient's grid holds at least this many programs per SM. Each program writes a
+# partial of its tile (BLOCK_M x BLOCK_N fp32, 128 KB for 256 x 128), and one 8-warp program runs
+# per SM at a time (212-234 registers): one wave of equal programs has no uneven tail, and its
+# 132 x 128 KB = 17 MB of partials stay in L2 for the reduction, where 4 per SM (69 MB) would go
+# to DRAM and back.
+WEIGHT_GRAD_PROGRAMS_PER_SM = 1
+# A pixel range of the weight gradient spans at least this many pixel blocks where the step has
+# them: fewer read less (blocks x BLOCK_K x (BLOCK_M + BLOCK_N) 16-bit elements, 98 KB for 4 x 32
+# pixels at 256 x 128) than the fp32 partial its program writes and the reduction reads (128 KB).
+# Two ranges at least where there are two blocks: a program of a single range stores its dW tile
+# in the weight's layout, element by element, where a partial takes 16-byte stores.
+WEIGHT_GRAD_MIN_BLOCKS = 4
 
 
 def cdiv(a: int, b: int) -> int:
@@ -57,7 +64,22 @@ def cdiv(a: int, b: int) -> int:
 
 # The tiles modelled: each kernel's first 16-bit channels_last tile on sm_90 in kernels/configs.py
 # (BLOCK_M, BLOCK_N, BLOCK_K). Only the L2 figures and the weight-gradient split depend on them.
-DEFAULT_TILES = {"forward": (128, 128, 64), "backward_input": (128, 128, 32), "backward_weight": (128, 128, 64)}
+DEFAULT_TILES = {"forward": (128, 128, 64), "backward_input": (128, 256, 32)}
+# The weight gradient's sm_90 16-bit channels_last tiles, Cin x (tap, Cout) columns, in the order
+# kernels/configs.py lists them: the launcher takes the first no wider along either than 128 or
+# the step rounded up to a power of two (configs.fixed_tile; 128 x 128 always is).
+WEIGHT_GRAD_TILES = ((256, 128, 32), (128, 256, 32), (128, 128, 64))
+
+
+def weight_grad_tile(step) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of `step`'s weight gradient (WEIGHT_GRAD_TILES' rule)."""
+    columns = step.taps * 16 * cdiv(step.cout, 16)
+
+    def fits(block: int, n: int) -> bool:
+        return block <= max(128, 1 << (n - 1).bit_length())
+    return next(t for t in WEIGHT_GRAD_TILES if fits(t[0], step.cin) and fits(t[1], columns))
+
+
 def narrow_tile(block_n: int, n: int) -> int:
     """The BLOCK_N a launch of GEMM N `n` takes from a list starting at block_n: the autotuner
     prunes tiles over 64 wide and wider than n rounded up to a power of two (configs.narrow_enough)."""
@@ -95,11 +117,13 @@ def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) 
     """(S_LO, R_EXTRA) of the weight gradient on a GPU of `sms` SMs running `ctas_per_sm` of its
     programs each: its `tiles` tiles take S_LO pixel ranges each and the first R_EXTRA one more, so
     that the grid (tiles * S_LO + R_EXTRA programs) is the fewest whole waves holding every tile and
-    WEIGHT_GRAD_PROGRAMS_PER_SM programs per SM; no range under one of the `blocks` pixel blocks.
-    The launcher's rule."""
+    WEIGHT_GRAD_PROGRAMS_PER_SM programs per SM; no range under WEIGHT_GRAD_MIN_BLOCKS of the
+    `blocks` pixel blocks, but two ranges a tile at least where there are two blocks. The
+    launcher's rule."""
     wave = sms * ctas_per_sm
     programs = cdiv(max(tiles, WEIGHT_GRAD_PROGRAMS_PER_SM * sms), wave) * wave
-    programs = max(tiles, min(programs, tiles * blocks))
+    ranges = max(min(2, blocks), blocks // WEIGHT_GRAD_MIN_BLOCKS)
+    programs = max(tiles, min(programs, tiles * ranges))
     return programs // tiles, programs % tiles
 
 
@@ -147,6 +171,8 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
     relu = step.relu if relu is None else relu
     if tile is None and kernel == "backward_fused":
         tile = fused_tile(step, False)
+    if tile is None and kernel == "backward_weight":
+        tile = weight_grad_tile(step)
     tile = tile or DEFAULT_TILES.get(kernel, (64, 64, 64))
     bm, bn, _bk = tile
     m, mout, taps = step.m, step.mout, step.taps
@@ -201,7 +227,7 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         if fused:
             dw_part, db_part = fused_partials(step, fused, has_bias)
         else:
-            dw_part, db_part = weight_grad_partials(step, DEFAULT_TILES["backward_weight"], has_bias)
+            dw_part, db_part = weight_grad_partials(step, weight_grad_tile(step), has_bias)
         partials = dw_part + db_part
         from_dram = partials if partials > PARTIALS_IN_L2 else 0
         moved = from_dram + (w if dw_part else 0) + bias

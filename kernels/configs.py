@@ -68,10 +68,17 @@ TILES = {
 # (`unet-fast kernels --arch sm_80`) but not on sm_90.
 HOPPER_TILES = {
     "forward": {"fp32": [(64, 32, 32, 4, 2)]},
-    "backward_input": {"tf32-nchw": [(64, 32, 16, 4, 2)]},
-    # 128 x 128 at 8 warps: 213 registers at most on sm_90, 40 bytes spilled on sm_80.
-    "backward_weight": {"16-bit": [(128, 128, 64, 8, 3)], "tf32": [(64, 64, 32, 4, 3)],
-                        "16-bit-nchw": [(64, 32, 64, 4, 4)]},
+    # 128 x 256 (219-242 registers at 8 warps on sm_90 with ReLU, int64 offsets included) reads grad
+    # through L2 half as often as 128 x 128: up3 0.73 -> 0.58 GB, and 426 warp-instructions per 64^3
+    # multiply-adds against 828 (the mask decode serves twice the Cin columns).
+    "backward_input": {"16-bit": [(128, 256, 32, 8, 4)], "tf32-nchw": [(64, 32, 16, 4, 2)]},
+    # 32K-element tiles, Cin x columns (228-255 registers with ReLU and dbias, no spill under
+    # Triton 3.6, 3.8, 3.9): 256 x 128 decodes each mask bit for 256 Cin, 128 x 256 serves a step of
+    # 128 Cin or fewer (fixed_tile); either reads x and gy through L2 0.40 GB on up3 against 0.54 at
+    # 128 x 128. 128 x 128 at 8 warps: 213 registers at most on sm_90, 40 bytes spilled on sm_80.
+    # At BLOCK_K 64 both 32K tiles spilled 52-400 bytes.
+    "backward_weight": {"16-bit": [(256, 128, 32, 8, 3), (128, 256, 32, 8, 3), (128, 128, 64, 8, 3)],
+                        "tf32": [(64, 64, 32, 4, 3)], "16-bit-nchw": [(64, 32, 64, 4, 4)]},
 }
 
 # Tiles for a kernel's light variant on Hopper (sm_90) and later, tried first: the forward of
@@ -254,16 +261,37 @@ def _tile_of(config: triton.Config) -> tuple:
     return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages
 
 
-def fixed_tile(kernel: str, operands: str) -> dict:
-    """Launch arguments of a kernel that is not autotuned: its first tile that fits the device."""
-    return dict(_config(tiles_that_fit(kernel, operands, *device_limits())[0]).all_kwargs())
+def fixed_tile(kernel: str, operands: str, m: int, n: int) -> dict:
+    """Launch arguments of a kernel that is not autotuned, for a GEMM of `m` x `n` outputs: its
+    first tile that fits the device and is no wider along either than 128 or the GEMM rounded up
+    to a power of two, else its first that fits. (Not 64, as narrow_enough: a 64 x 64 weight-gradient
+    tile with ReLU issues 2304 warp-instructions per 64^3 multiply-adds on sm_90, so half a
+    128-wide tile's tensor-core work wasted costs less.)"""
+    tiles = tiles_that_fit(kernel, operands, *device_limits())
+    narrow = [t for t in tiles if narrow_enough(t[0], m, least=128) and narrow_enough(t[1], n, least=128)]
+    return dict(_config((narrow or tiles)[0]).all_kwargs())
 
 
-def narrow_enough(block_n: int, n: int) -> bool:
+def narrow_enough(block_n: int, n: int, least: int = 64) -> bool:
     """Whether a tile BLOCK_N wide is worth launching for a GEMM N of `n` (Cout for the forward,
-    Cin for backward_input): at most 64 wide, or not wider than n rounded up to a power of two, so
-    that a narrow step does not compute (and load weights for) 128 columns that do not exist."""
-    return block_n <= max(64, triton.next_power_of_2(n))
+    Cin for backward_input): at most `least` wide, or not wider than n rounded up to a power of
+    two, so that a narrow step does not compute (and load weights for) 128 columns that do not exist."""
+    return block_n <= max(least, triton.next_power_of_2(n))
+
+
+# With a ReLU, backward_input decodes the mask once per grad element whatever its tile's width, so
+# a tile under 128 wide issues about twice the instructions per multiply-add (sm_90, Triton 3.6:
+# 1196-1288 warp-instructions per 64^3 at 128 x 64 and 64 x 64, against 442-828 at 256 and 128
+# wide) and re-reads grad through L2 twice as often: such a tile is launched with a ReLU only for a
+# GEMM N under 128. Without one, the narrow tiles (624-676) keep more programs busy on small steps.
+LEAST_BLOCK_N_WITH_RELU = {"backward_input": 128}
+
+
+def wide_enough(kernel: str, block_n: int, n: int, relu: bool) -> bool:
+    """Whether a tile BLOCK_N wide is wide enough for `kernel` and a GEMM N of `n`
+    (LEAST_BLOCK_N_WITH_RELU, with a ReLU)."""
+    least = LEAST_BLOCK_N_WITH_RELU.get(kernel, 0) if relu else 0
+    return block_n >= min(least, triton.next_power_of_2(n))
 
 
 def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n_arg: str):
@@ -273,7 +301,8 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n
     the precision follows cudnn.allow_tf32, so INPUT_PRECISION joins the key; so does the
     operand's channel stride (`channel_stride_arg`), which picks the "-nchw" lists, and WRITE_BITS
     and IDX64, since a light variant (light_variant) also tries LIGHT_TILES. Tiles wider than the
-    GEMM's N (argument `n_arg`) are pruned too (narrow_enough), unless none is left."""
+    GEMM's N (argument `n_arg`) are pruned too (narrow_enough), and with a ReLU tiles narrower than
+    it needs (wide_enough), unless none is left."""
     every_tile = sorted({t for table in (TILES, HOPPER_TILES, LIGHT_TILES, *FROM_TRITON.values())
                          for tiles in table.get(kernel, {}).values() for t in tiles})
 
@@ -282,11 +311,13 @@ def autotuned(kernel_fn, kernel: str, dtype_arg: str, channel_stride_arg: str, n
         operands = operand_class(operand.element_size(), kwargs["INPUT_PRECISION"], channels_last_operand(operand))
         allowed = set(tiles_that_fit(kernel, operands, *device_limits(), light=light_variant(kwargs)))
         fitting = [c for c in configs if _tile_of(c) in allowed]
-        return [c for c in fitting if narrow_enough(c.kwargs["BLOCK_N"], named_args[n_arg])] or fitting
+        n = named_args[n_arg]
+        return [c for c in fitting if narrow_enough(c.kwargs["BLOCK_N"], n)
+                and wide_enough(kernel, c.kwargs["BLOCK_N"], n, kwargs.get("RELU", False))] or fitting
 
     # A light variant's best tile may not compile for the others: WRITE_BITS and IDX64 key it (KD
-    # already does).
-    key = [name for name in ("CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", "WRITE_BITS", "IDX64",
+    # already does); RELU decides wide_enough.
+    key = [name for name in ("CIN", "COUT", "CS", "KD", "KH", "KW", "INPUT_PRECISION", "WRITE_BITS", "IDX64", "RELU",
                              channel_stride_arg) if name in kernel_fn.arg_names]
     return triton.autotune(configs=[_config(t) for t in every_tile], key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel_fn)

@@ -192,10 +192,10 @@ MODELLED_SMS = 132
 def weight_grad_splits(blocks: int, tiles: int, device: torch.device, ctas_per_sm: int = 1) -> tuple:
     """(S_LO, R_EXTRA): the weight gradient's `tiles` tiles take S_LO pixel ranges each, the first
     R_EXTRA one more, over `blocks` pixel blocks. On a GPU, byte_model.weight_grad_layout: the grid
-    is whole waves of `ctas_per_sm` programs on every SM, at least 4 per SM (no wave with idle SMs,
-    enough programs to hide each one's start and its partial's store); the partials this costs are
-    read back at once, from L2. The interpreter takes two ranges per tile and one tile three, so
-    tests cover both kinds; a compile without a GPU models MODELLED_SMS."""
+    is the fewest whole waves of `ctas_per_sm` programs on every SM that hold every tile (no wave
+    with idle SMs), so the partials stay few and are read back from L2. The interpreter takes two
+    ranges per tile and one tile three, so tests cover both kinds; a compile without a GPU models
+    MODELLED_SMS."""
     if WEIGHT_GRAD_SPLITS is not None:
         return max(1, min(blocks, WEIGHT_GRAD_SPLITS)), 0
     if device.type == "cuda":
@@ -302,13 +302,13 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
     d, h, w = sizes3(x)
     taps = kd * kh * kw
     nb = triton.cdiv(cout, 8)
-    operands = operand_class(x.element_size(), math["INPUT_PRECISION"], channels_last_operand(x))
-    tiles = tiles or fixed_tile("backward_weight", operands)
-    block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
     # Columns are (tap, channel) pairs over Cout padded to a multiple of 16: whole mask bytes, and a
     # divisor the compiler sees (an integer argument's divisibility by 16 is specialized), so the
     # 8 columns of a byte are provably contiguous: 16-byte loads of grad.
     cout_p = 16 * triton.cdiv(cout, 16)
+    operands = operand_class(x.element_size(), math["INPUT_PRECISION"], channels_last_operand(x))
+    tiles = tiles or fixed_tile("backward_weight", operands, cin, taps * cout_p)
+    block_m, block_n, block_k = tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_K"]
     n_col = triton.cdiv(taps * cout_p, block_n)
     gemm_tiles = triton.cdiv(cin, block_m) * n_col
     block_w = pixel_block_width(h, w, block_k)

@@ -19,7 +19,7 @@ from unet_fast.gpu.kernel_report import CASE_CHOICES, DTYPE_CHOICES, LAYOUT_CHOI
 from unet_fast.kernels import configs
 from unet_fast.cases import report_cases
 from unet_fast.kernels.configs import (TILES, narrow_enough, operand_class, shared_memory_bound, tiles_for,
-                                      tiles_that_fit)
+                                      tiles_that_fit, wide_enough)
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
 from unet_fast.gpu.static_compile import VARIANTS, ptx_features, ptxas_resources
 
@@ -104,7 +104,8 @@ def test_every_launchable_config_compiles_fits_and_does_not_spill(report):
     assert doc["meta"]["max_spill"] == MAX_SPILL_BYTES
 
 
-# The GEMM N a launch's autotuner prunes wide tiles against (configs.narrow_enough).
+# The GEMM N a launch's autotuner prunes wide tiles against (configs.narrow_enough), and with a
+# ReLU narrow ones (configs.wide_enough).
 GEMM_N = {"forward": lambda step: step.cout, "backward_input": lambda step: step.cin}
 
 
@@ -148,8 +149,12 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                                 fit = tiles_that_fit(kernel, operands(dtype, layout), capability,
                                                      SHARED_MEMORY_LIMIT[capability], light=light)
                                 if kernel in GEMM_N:  # the autotuner's pruning of tiles wider than N
-                                    n = GEMM_N[kernel](case_of[case])
-                                    fit = [t for t in fit if narrow_enough(t[1], n)] or fit
+                                    n = GEMM_N[kernel](case_of[case])  # (and with ReLU, narrower)
+                                    fit = [t for t in fit if narrow_enough(t[1], n)
+                                           and wide_enough(kernel, t[1], n, relu)] or fit
+                                if kernel == "backward_weight":  # the first narrow enough (configs.fixed_tile)
+                                    fit = [t for t in fit if narrow_enough(t[0], step.cin, least=128)
+                                           and narrow_enough(t[1], columns, least=128)] or fit
                                 want = sorted(fit if kernel != "backward_weight" else fit[:1])
                                 got = sorted(_tile(r) for r in rows if (
                                     r["kernel"], r["relu"], r["has_bias"], r["idx64"], r["write_bits"])
@@ -214,6 +219,26 @@ def test_report_rows_carry_the_time_model(report):
         assert r[f"{r['bound']}_us"] == max(bounds), r
         modelled += 1
     assert modelled
+
+
+# The backward kernels' K-loop budget on sm_90 (16-bit, int32 offsets): twice what the forward's
+# loop issues per unit of tensor-core work, in warp-instructions per 64^3 multiply-adds.
+BACKWARD_LOOP_BUDGET = 832
+
+
+def test_backward_k_loops_stay_within_twice_the_forwards_instructions(report):
+    """Every backward tile a launch of the report's steps (ReLU as the step has it: the 2-D steps
+    with, nnU-Net's without) can take on sm_90 in bf16 and fp16, channels_last, issues at most
+    BACKWARD_LOOP_BUDGET warp-instructions per 64^3 multiply-adds."""
+    _, doc = report
+    relu = {c.name: c.relu for c in report_cases()}
+    checked = [r for r in doc["rows"] if r["arch"] == "sm_90" and r["dtype"] in ("bf16", "fp16")
+               and r["layout"] == "channels_last" and r["step_relu"] == relu[r["case"]] and not r["idx64"]
+               and r["kernel"] in ("backward_input", "backward_weight", "backward_fused")]
+    assert checked
+    over = [(r["kernel"], r["case"], r["dtype"], r["layout"], r["config"], r["relu"], r["per_64cube"])
+            for r in checked if r["per_64cube"] > BACKWARD_LOOP_BUDGET]
+    assert not over, over
 
 
 def test_report_models_each_step_against_its_floor_eager_and_compile(report):

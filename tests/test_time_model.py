@@ -4,7 +4,7 @@ model's step floors (kernels/byte_model.py), pinned on figures computed by hand.
 MODELLED, NOT MEASURED: these check the arithmetic of the model, not a GPU."""
 import pytest
 
-from unet_fast.cases import report_cases
+from unet_fast.cases import CHECK_STEP, report_cases
 from unet_fast.gpu import sass
 from unet_fast.kernels import byte_model, time_model as tm
 
@@ -183,20 +183,27 @@ def test_k_loop_is_the_smallest_backward_branch_around_a_tensor_core_instruction
 
 
 def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
-    """The byte model of each kernel, bf16, its default tiles (BLOCK_M, BLOCK_N, BLOCK_K) =
-    (128, 128, 64) on 132 SMs. up1: Cin 128, Cout 64 + 64, 4 taps, ReLU; 3d1: Cin 64, Cout 32 + 32,
-    8 taps, no ReLU; both 524,288 input pixels."""
+    """The byte model of each kernel, bf16, on 132 SMs. up1: Cin 128, Cout 64 + 64, 4 taps, ReLU;
+    3d1: Cin 64, Cout 32 + 32, 8 taps, no ReLU; both 524,288 input pixels."""
     up1, d31 = STEPS["up1"], STEPS["3d1"]
-    tile = byte_model.DEFAULT_TILES["backward_weight"]
-    assert tile == (128, 128, 64)
-    # Tiles: one Cin tile x (4 taps x 64 or 8 taps x 32 = 256 columns) / 128 = 2. Programs: the fewest
-    # whole waves of 132 holding 4 per SM: 528, so 264 pixel ranges per tile, none extra.
-    assert byte_model.weight_grad_splits(up1, tile) == (2, 264, 0)
-    assert byte_model.weight_grad_splits(d31, tile) == (2, 264, 0)
+    # The weight gradient's tile, Cin x (tap, Cout) columns: the first no wider than 128 or the step
+    # needs. up1 (128 x 256) and 3d1 (64 x 256): 256 x 128 is too tall, 128 x 256 fits.
+    assert byte_model.weight_grad_tile(up1) == byte_model.weight_grad_tile(d31) == (128, 256, 32)
+    assert byte_model.weight_grad_tile(STEPS["up3"]) == (256, 128, 32)
+    assert byte_model.weight_grad_tile(CHECK_STEP) == (128, 128, 64)  # 24 Cin x 4 taps x 16 columns
+    # Tiles: 1 x 1 each. Programs: the fewest whole waves of 132 holding every tile, one wave
+    # (16,384 pixel blocks of 32: no range under 4 of them).
+    assert byte_model.weight_grad_splits(up1, (128, 256, 32)) == (1, 132, 0)
+    assert byte_model.weight_grad_splits(d31, (128, 256, 32)) == (1, 132, 0)
+    # 320 Cin x 2560 columns over 4 blocks (3d5: 128 pixels): two ranges a tile, the least.
+    assert byte_model.weight_grad_splits(STEPS["3d5"], (256, 128, 32)) == (40, 2, 0)
+    assert byte_model.weight_grad_layout(40, 12, 132) == (3, 0)    # 12 blocks: ranges of 4
+    assert byte_model.weight_grad_layout(40, 1, 132) == (1, 0)     # 1 block: dW stored directly
+    assert byte_model.weight_grad_layout(16, 32768, 132) == (8, 4)  # up3: 8 ranges, 4 tiles 9
     # Partials, fp32, one [Cin, T, Cout] and one [T, Cout] per split.
-    assert byte_model.weight_grad_partials(up1, tile, True) == (4 * 128 * 4 * 64 * 264, 4 * 4 * 64 * 264)
-    assert byte_model.weight_grad_partials(up1, tile, True) == (34603008, 270336)
-    assert byte_model.weight_grad_partials(d31, tile, False) == (4 * 64 * 8 * 32 * 264, 0)
+    assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (4 * 128 * 4 * 64 * 132, 4 * 4 * 64 * 132)
+    assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (17301504, 135168)
+    assert byte_model.weight_grad_partials(d31, (128, 256, 32), False) == (4 * 64 * 8 * 32 * 132, 0)
     x, up, skip = 2 * 524288 * 128, 2 * 2097152 * 64, 2 * 2097152 * 64   # up1's tensors
     w, bias = 2 * 128 * 64 * 4, 2 * 64
     mask = 2097152 * 128 // 8              # the ReLU mask as bits, both channel groups
@@ -213,11 +220,14 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     assert unmasked["moved"] == unmasked["floor"] == up + w + x
     backward_weight = byte_model.kernel_bytes("backward_weight", up1)
     # Reads x, the upsampled grad and its mask bits; writes the partials.
-    assert backward_weight["moved"] == x + up + conv_bits + 34603008 + 270336 == 454303744
+    assert backward_weight["moved"] == x + up + conv_bits + 17301504 + 135168 == 436867072
     assert backward_weight["floor"] == x + up + conv_bits + w
+    # x once per column tile (1), grad and its bits once per Cin tile (1), the partials written.
+    assert backward_weight["l2_bytes"] == x + up + conv_bits + 17301504 + 135168
     reduce = byte_model.kernel_bytes("weight_reduce", up1)
-    # 34.9 MB of partials: over the 25 MB that stay in L2, so read from DRAM; writes dW and dbias.
-    assert reduce["moved"] == 34603008 + 270336 + w + bias
+    # 17.4 MB of partials: under the 25 MB that stay in L2; writes dW and dbias.
+    assert reduce["moved"] == w + bias
+    assert reduce["l2_bytes"] == 17301504 + 135168 + w + bias
     assert byte_model.kernel_bytes("weight_reduce", d31, has_bias=False)["moved"] == 2 * 64 * 32 * 8  # in L2
 
 

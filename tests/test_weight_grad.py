@@ -13,7 +13,7 @@ import triton
 from unet_fast.cases import report_cases
 from unet_fast.kernels import byte_model
 from unet_fast.kernels import up_concat_launch as launcher
-from unet_fast.kernels.configs import REDUCE_ROWS, tiles_for, weight_grad_ctas_per_sm
+from unet_fast.kernels.configs import REDUCE_ROWS, narrow_enough, tiles_for, weight_grad_ctas_per_sm
 from unet_fast.kernels.up_concat_launch import launch_backward, launch_forward, recording_launches
 from helpers import require_triton
 from test_kernels_nd import check_step, make_step
@@ -93,22 +93,46 @@ def test_uneven_splits_are_bitwise_deterministic():
 
 
 @pytest.mark.parametrize("sms", [132, 114])
-@pytest.mark.parametrize("name", REPORT_STEPS)
-def test_gpu_split_layout_is_whole_waves_of_at_least_4_per_sm(monkeypatch, sms, name):
-    """On a GPU of `sms` SMs the weight-gradient grid of each report step (sm_90's bf16 channels_last
-    tile) is whole waves, at least 4 programs per SM, each split at least 1 pixel block, every
-    tile split within one of the others; the byte model agrees with the launcher."""
+@pytest.mark.parametrize("name", REPORT_STEPS + ("3d5", "3d4", "3d3"))
+def test_gpu_split_layout_is_one_whole_wave(monkeypatch, sms, name):
+    """On a GPU of `sms` SMs the weight-gradient grid of each report step (sm_90's bf16
+    channels_last tile for the step) is one whole wave, unless a range would then span under 4
+    pixel blocks (two ranges a tile at least); each split at least 1 block, every tile split
+    within one of the others; the byte model agrees with the launcher, tile included."""
     step = next(s for s in report_cases() if s.name == name)
-    tile = tiles_for("backward_weight", "16-bit", 90)[0]  # an H100's tile, as the byte model's
+    columns = step.taps * 16 * triton.cdiv(step.cout, 16)
+    tile = next(t for t in tiles_for("backward_weight", "16-bit", 90)  # an H100's, as the launcher's rule
+                if narrow_enough(t[0], step.cin, least=128) and narrow_enough(t[1], columns, least=128))
     bm, bn, bk = tile[:3]
+    assert byte_model.weight_grad_tile(step) == (bm, bn, bk)
     ctas = weight_grad_ctas_per_sm(tile, 2)
-    tiles = triton.cdiv(step.cin, bm) * triton.cdiv(step.taps * 16 * triton.cdiv(step.cout, 16), bn)
+    tiles = triton.cdiv(step.cin, bm) * triton.cdiv(columns, bn)
     blocks = step.m // bk
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(multi_processor_count=sms))
     s_lo, r_extra = launcher.weight_grad_splits(blocks, tiles, torch.device("cuda"), ctas)
     programs = tiles * s_lo + r_extra
-    assert programs % (sms * ctas) == 0 and programs >= 4 * sms, (programs, sms, ctas)
-    assert 0 <= r_extra < tiles and s_lo >= 1 and blocks // (s_lo + 1) >= 1
+    wave = sms * ctas
+    if tiles * max(2, blocks // 4) >= wave:  # blocks enough for a wave of ranges of 4: the fewest whole waves
+        assert programs % wave == 0 and tiles <= programs < tiles + wave, (programs, wave, tiles)
+    else:  # one range per 4 blocks (two at least)
+        assert (s_lo, r_extra) == (max(min(2, blocks), blocks // 4), 0), (s_lo, r_extra, blocks)
+    assert 0 <= r_extra < tiles and s_lo >= 1
+    assert blocks // (s_lo + (r_extra > 0)) >= min(4, max(1, blocks // 2))
     assert byte_model.weight_grad_splits(step, (bm, bn, bk), sms, ctas) == (tiles, s_lo, r_extra)
-    assert byte_model.DEFAULT_TILES["backward_weight"] == (bm, bn, bk)
+
+
+@pytest.mark.parametrize("capability, shared, cin, columns, want", [
+    (90, 232448, 512, 1024, (256, 128, 32)),   # up3
+    (90, 232448, 128, 256, (128, 256, 32)),    # up1: 256 Cin would be half padding
+    (90, 232448, 64, 256, (128, 256, 32)),     # 128 wide at least
+    (90, 232448, 24, 64, (128, 128, 64)),
+    (80, 166912, 512, 1024, (64, 64, 32)),     # before Hopper: the one tile without a spill
+])
+def test_weight_gradient_takes_the_first_tile_narrow_enough(monkeypatch, capability, shared, cin, columns, want):
+    """configs.fixed_tile: the first tile of the device's list no wider along Cin or columns than
+    128 or the step rounded up to a power of two."""
+    from unet_fast.kernels import configs
+    monkeypatch.setattr(configs, "device_limits", lambda: (capability, shared))
+    tile = configs.fixed_tile("backward_weight", "16-bit", cin, columns)
+    assert (tile["BLOCK_M"], tile["BLOCK_N"], tile["BLOCK_K"]) == want
