@@ -37,13 +37,13 @@ H100_HBM = 3.35e12
 H100_COPY = 3.0e12
 H200_HBM = 4.8e12
 H200_COPY = H200_HBM * H100_COPY / H100_HBM
-SMS = 132  # H100 SXM / H200: the launcher's split count fills 2 blocks per SM
+SMS = 132  # H100 SXM / H200
 # The weight gradient's partials are read back by the next kernel: from L2 when they take at most
 # half of an H100's 50 MB L2 (the rest holds the lines streamed meanwhile), else from DRAM.
 PARTIALS_IN_L2 = 25e6
 # The weight gradient's grid holds at least this many programs per SM. Each program writes a
 # partial of its tile (BLOCK_M x BLOCK_N fp32, 128 KB for 256 x 128), and one 8-warp program runs
-# per SM at a time (212-234 registers): one wave of equal programs has no uneven tail, and its
+# per SM at a time (228-255 registers): one wave of equal programs has no uneven tail, and its
 # 132 x 128 KB = 17 MB of partials stay in L2 for the reduction, where 4 per SM (69 MB) would go
 # to DRAM and back.
 WEIGHT_GRAD_PROGRAMS_PER_SM = 1

@@ -281,7 +281,7 @@ def narrow_enough(block_n: int, n: int, least: int = 64) -> bool:
 
 # With a ReLU, backward_input decodes the mask once per grad element whatever its tile's width, so
 # a tile under 128 wide issues about twice the instructions per multiply-add (sm_90, Triton 3.6:
-# 1196-1288 warp-instructions per 64^3 at 128 x 64 and 64 x 64, against 442-828 at 256 and 128
+# 1196-1288 warp-instructions per 64^3 at 128 x 64 and 64 x 64, against 426-828 at 256 and 128
 # wide) and re-reads grad through L2 twice as often: such a tile is launched with a ReLU only for a
 # GEMM N under 128. Without one, the narrow tiles (624-676) keep more programs busy on small steps.
 LEAST_BLOCK_N_WITH_RELU = {"backward_input": 128}
