@@ -142,11 +142,16 @@ def weight_grad_splits(step, tile, sms: int = SMS, ctas_per_sm: int = 1) -> tupl
     return (tiles, *weight_grad_layout(tiles, cdiv(step.m, bk), sms, ctas_per_sm))
 
 
+def fused_step_splits(step, tile) -> int:
+    """Splits of `step`'s one-pass backward with `tile` on an H100 (fused_backward_splits)."""
+    bm, _bn, bk = tile
+    return fused_backward_splits(cdiv(step.cin, bm), cdiv(step.m, bk), SMS)
+
+
 def fused_partials(step, tile, has_bias: bool, acc: int = 4) -> tuple:
     """(dW partial bytes, dbias partial bytes) of the one-pass backward with `tile`: one of each
     per split (no dW partial with one split: dW is stored directly)."""
-    bm, _bn, bk = tile
-    splits = fused_backward_splits(cdiv(step.cin, bm), cdiv(step.m, bk), SMS)
+    splits = fused_step_splits(step, tile)
     dw = 0 if splits == 1 else acc * step.cin * step.taps * step.cout * splits
     db = acc * step.taps * step.cout * splits if has_bias else 0
     return dw, db
@@ -216,12 +221,10 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         # gy and x read once (the Cin tiles of a split walk the same pixels side by side: gy comes
         # once per Cin tile from L2), dx written; each program loads its Cin tile of W once.
         dw_part, db_part = fused_partials(step, tile, has_bias)
-        c_tiles = cdiv(step.cin, bm)
-        splits = fused_backward_splits(c_tiles, cdiv(m, tile[2]), SMS)
         written = w if not dw_part else dw_part
         moved = up + 2 * x + w + written + db_part
         floor = up + 2 * x + w + (0 if dw_part else w)
-        l2 = up * c_tiles + 2 * x + w * splits + written + db_part
+        l2 = up * cdiv(step.cin, bm) + 2 * x + w * fused_step_splits(step, tile) + written + db_part
     elif kernel == "weight_reduce":
         fused = fused_tile(step, relu)
         if fused:
