@@ -199,7 +199,7 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     assert byte_model.weight_grad_splits(STEPS["3d5"], (256, 128, 32)) == (40, 2, 0)
     assert byte_model.weight_grad_layout(40, 12, 132) == (3, 0)    # 12 blocks: ranges of 4
     assert byte_model.weight_grad_layout(40, 1, 132) == (1, 0)     # 1 block: dW stored directly
-    assert byte_model.weight_grad_layout(16, 32768, 132) == (8, 4)  # up3: 8 ranges, 4 tiles 9
+    assert byte_model.weight_grad_layout(16, 32768, 132) == (8, 4)  # up3: 8 ranges a tile, 4 tiles 9
     # Partials, fp32, one [Cin, T, Cout] and one [T, Cout] per split.
     assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (4 * 128 * 4 * 64 * 132, 4 * 4 * 64 * 132)
     assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (17301504, 135168)
