@@ -3,7 +3,7 @@
 Static analysis, not a timing: `unet-fast kernels` compiles, for the default UNet's three 2-D
 decoder steps and nnU-Net's 3-D ones, every kernel with every config a launch may use (after
 pruning), in each dtype and layout, with ReLU and bias and with neither, each with int64 offsets
-(IDX64) on and off, and the tests fail on a compile error, on a config needing more shared memory
+(IDX64) off and, on sm_90, on, and the tests fail on a compile error, on a config needing more shared memory
 than the GPU has, on any spill (the bound, MAX_SPILL_BYTES, is 0), on an atomic instruction, and
 on a scalar 16-bit global load in a 16-bit channels_last kernel. It runs in a subprocess: this process has
 TRITON_INTERPRET=1 set (conftest.py), under which Triton interprets kernels instead of compiling.
@@ -15,13 +15,14 @@ import sys
 
 import pytest
 
-from unet_fast.gpu.kernel_report import CASE_CHOICES, DTYPE_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES, problems
+from unet_fast.gpu.kernel_report import (CASE_CHOICES, DTYPE_CHOICES, KERNEL_CHOICES, LAYOUT_CHOICES, MAX_SPILL_BYTES,
+                                         problems)
 from unet_fast.kernels import configs
 from unet_fast.cases import report_cases
 from unet_fast.kernels.configs import (TILES, narrow_enough, operand_class, shared_memory_bound, tiles_for,
                                       tiles_that_fit, wide_enough)
 from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
-from unet_fast.gpu.static_compile import VARIANTS, ptx_features, ptxas_resources
+from unet_fast.gpu.static_compile import KERNEL_NAMES, VARIANTS, ptx_features, ptxas_resources
 
 # .ci/run's second venv (the GPU machines' Triton 3.6.0) checks sm_90 alone, to keep CI short:
 # that Triton only ever compiles for the GPU machines, which are sm_90.
@@ -36,6 +37,11 @@ CASES = os.environ.get("UNET_FAST_STATIC_CASES", "up3,3d5,3da").split(",")
 # in some rows).
 DTYPES = os.environ.get("UNET_FAST_STATIC_DTYPES", ",".join(DTYPE_CHOICES)).split(",")
 DTYPES_BY_ARCH = {arch: [d for d in DTYPES if arch != "sm_80" or d != "fp16"] for arch in ARCHES}
+# The int64-offset variants (IDX64 forced on; launched for tensors of 2**31 elements or more) on
+# sm_90 alone: they differ from the int32 ones in their offsets only, and on sm_80 add a sixth of
+# the report's compile time (`unet-fast kernels` compiles them on every arch unless --no-int64).
+INT64_ARCHES = os.environ.get("UNET_FAST_STATIC_INT64_ARCHES", "sm_90").split(",")
+IDX64_BY_ARCH = {arch: (False, True) if arch in INT64_ARCHES else (False,) for arch in ARCHES}
 ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee", "fp16": "ieee"}
 
@@ -52,7 +58,8 @@ def report(tmp_path_factory):
     for arch in ARCHES:
         path = tmp_path_factory.mktemp("static") / f"static-{arch}.json"
         cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", ",".join(CASES),
-               "--dtype", ",".join(DTYPES_BY_ARCH[arch]), "--arch", arch]
+               "--dtype", ",".join(DTYPES_BY_ARCH[arch]), "--arch", arch] + ([] if True in IDX64_BY_ARCH[arch]
+                                                                             else ["--no-int64"])
         # No timeout: on a busy machine the compile takes longer, which must not turn into an error.
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert path.exists(), f"unet-fast kernels wrote no report (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
@@ -87,13 +94,15 @@ def test_the_one_pass_backward_of_512_columns_compiles_without_spill(tmp_path):
             continue
         path = tmp_path / f"static-{arch}.json"
         cmd = [sys.executable, "-m", "unet_fast", "kernels", "--json", str(path), "--case", "3d2",
-               "--dtype", "bf16", "--layout", "channels_last", "--arch", arch]
+               "--dtype", "bf16", "--layout", "channels_last", "--arch", arch, "--kernel", "backward_fused"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert path.exists(), proc.stderr[-3000:]
         with open(path) as f:
             doc = json.load(f)
         assert doc["meta"]["problems"] == [] and proc.returncode == 0, doc["meta"]["problems"]
-        fused = {r["config"] for r in doc["rows"] if r["kernel"] == "backward_fused"}
+        assert {r["kernel"] for r in doc["rows"]} == {"backward_fused"} and doc["steps"]["rows"] == []
+        assert sorted(r["idx64"] for r in doc["rows"]) == [False, True]  # int64 variants compiled by default
+        fused = {r["config"] for r in doc["rows"]}
         assert fused == {"{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**want)}, fused
 
 
@@ -134,10 +143,10 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                         fused_rows = sorted(_tile(r) for r in rows if (r["kernel"], r["relu"], r["has_bias"])
                                             == ("backward_fused", relu, bias))
                         want_fused = [] if fused is None else [tuple(fused[k] for k in (
-                            "BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"))] * 2  # IDX64 off, on
+                            "BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"))] * len(IDX64_BY_ARCH[arch])
                         assert fused_rows == want_fused, (arch, dtype, layout, case, relu, bias)
                         backward = ("backward_input", "backward_weight")
-                        for idx64 in (False, True):
+                        for idx64 in IDX64_BY_ARCH[arch]:
                             # The forward twice with ReLU: inference, and the training forward writing bits.
                             for kernel, bits in [(k, b) for k in TILES if not (fused and k in backward)
                                                  for b in ((False, True) if k == "forward" and relu else (False,))]:
@@ -160,6 +169,7 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                                     r["kernel"], r["relu"], r["has_bias"], r["idx64"], r["write_bits"])
                                     == (kernel, relu, has_bias, idx64, bits))
                                 assert got == want, (arch, dtype, layout, case, kernel, relu, bias, idx64, bits)
+                    assert {r["idx64"] for r in rows} == set(IDX64_BY_ARCH[arch])
                     assert [r["idx64"] for r in rows if r["kernel"] == "weight_reduce"] == [False] * len(
                         [r for r in rows if r["kernel"] == "weight_reduce"])
 
@@ -371,12 +381,16 @@ def test_ptx_and_ptxas_readers():
     assert ptxas_resources(log) == dict(registers=255, spill_stores=176, spill_loads=224)
 
 
+def test_kernel_choices_name_every_compiled_kernel():
+    assert sorted(KERNEL_CHOICES) == sorted(KERNEL_NAMES.values())
+
+
 def test_kernels_command_exits_1_when_a_row_is_over(monkeypatch, capsys):
     """The report's exit status, not only its rows: one config over the shared memory -> 1."""
     from unet_fast.cli import main
     from unet_fast.gpu import static_compile
 
-    def one_row_over(capability, cases, dtypes, layouts, progress=None):
+    def one_row_over(capability, cases, dtypes, layouts, progress=None, int64=True, kernels=None):
         return [dict(kernel="forward", case="up3", dtype="bf16", layout="channels_last", config="64x64x32 w8 s4",
                      error=None, registers=128, spill_stores=0, spill_loads=0, shared=232449, shared_limit=232448)]
 

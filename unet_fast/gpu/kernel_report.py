@@ -8,7 +8,8 @@ spill bytes (ptxas -v), shared memory against the architecture's limit, the tens
 instruction (wgmma on sm_90, mma), async copies (cp.async), the widest global load and store in
 bytes, scalar 16-bit global loads, atomics, and the compile time. dtype "tf32" is float32 with
 cudnn.allow_tf32 (PyTorch's default); "fp32" is float32 without it. Each step is compiled with
-ReLU and bias and with neither, and each of those with int64 offsets (IDX64) forced on and off.
+ReLU and bias and with neither, and each of those with int64 offsets (IDX64) forced on and off
+(--no-int64: off alone). --kernel compiles some kernels only (then no per-step table).
 Beside each row, the kernel's byte model (kernels/byte_model.py): DRAM bytes moved as written
 against the floor, the ratio, and the implied H100 / H200 time range -- MODELLED, NOT MEASURED.
 Beside those, the time model of an H100 SXM (kernels/time_model.py, MODELLED, NOT MEASURED): the
@@ -28,6 +29,7 @@ spills more than --max-spill bytes, has an atomic instruction, or (16-bit channe
 Examples:
     unet-fast kernels --arch sm_90 --arch sm_80
     unet-fast kernels --arch sm_90 --dtype bf16 --layout channels_last --json static-sm90.json
+    unet-fast kernels --case 3d2 --kernel backward_fused --no-int64
 """
 import datetime
 import json
@@ -40,6 +42,7 @@ from unet_fast.workflow.atomic_write import atomic_write_text, check_report_file
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
 LAYOUT_CHOICES = tuple(names.LAYOUTS)
+KERNEL_CHOICES = ("forward", "backward_input", "backward_weight", "weight_reduce", "backward_fused")
 CASE_CHOICES = ("up3", "up2", "up1", "3d5", "3d4", "3d3", "3d2", "3d1", "3da")  # cases.report_cases()
 # Spill bytes per thread allowed in a launchable config. Zero: every config in kernels/configs.py
 # was chosen to fit the register file (benchmarks/NOTES.md has the before and after).
@@ -78,6 +81,11 @@ def add_arguments(parser) -> None:
                              "up1) and nnU-Net's 3-D ones at batch 2 (3d5 ... 3d1, 3da) (default all)")
     parser.add_argument("--dtype", default=",".join(DTYPE_CHOICES), help="comma list (default all)")
     parser.add_argument("--layout", default=",".join(LAYOUT_CHOICES), help="comma list (default both)")
+    parser.add_argument("--kernel", default=",".join(KERNEL_CHOICES),
+                        help="kernels to compile, comma list (default all: " + ", ".join(KERNEL_CHOICES) + ")")
+    parser.add_argument("--no-int64", dest="int64", action="store_false",
+                        help="leave out the variants with int64 offsets forced on (the ones a tensor of "
+                             "2**31 elements or more launches; compiled by default)")
     parser.add_argument("--max-spill", type=non_negative_int, default=MAX_SPILL_BYTES,
                         help=f"spill bytes per thread above which a row fails (default {MAX_SPILL_BYTES})")
     parser.add_argument("--json", metavar="FILE", help="also write the rows, with versions and commit")
@@ -167,11 +175,12 @@ def run(args) -> int:
     cases = [s for s in report_cases() if s.name in chosen]
     dtypes = _choices(args.dtype, DTYPE_CHOICES, "--dtype", names.dtype_name)
     layouts = _choices(args.layout, LAYOUT_CHOICES, "--layout", names.layout_name)
+    kernels = _choices(args.kernel, KERNEL_CHOICES, "--kernel")
     from unet_fast.gpu.static_compile import compile_report
     rows = []
     for arch in arches:
         try:
-            arch_rows = compile_report(arch, cases, dtypes, layouts,
+            arch_rows = compile_report(arch, cases, dtypes, layouts, int64=args.int64, kernels=kernels,
                                        progress=lambda s: print(f"compiled {s}", file=sys.stderr, flush=True))
         except RuntimeError as e:
             raise InputError(str(e)) from e
@@ -186,7 +195,8 @@ def run(args) -> int:
     for arch in arches:
         print(f"\nsm_{arch}:")
         print(format_static_table([r for r in rows if r["arch"] == f"sm_{arch}"]))
-    steps = step_table(rows, cases)
+    # A step's modelled time sums all its kernels: with some left out there is no per-step table.
+    steps = step_table(rows, cases) if set(kernels) == set(KERNEL_CHOICES) else []
     if steps:
         print("\nPer step on an H100 SXM, MODELLED, NOT MEASURED (kernels/time_model.py): floor = the step's floor "
               "bytes at 3.0 TB/s; fused = the sum of its kernels' modelled times (each kernel's fastest config); "
@@ -196,7 +206,7 @@ def run(args) -> int:
     if args.json:
         meta = dict(kind="static analysis: compiled for the GPU on a CPU, not run, not timed",
                     triton=triton_version(), commit=git_commit(), arches=[f"sm_{a}" for a in arches],
-                    max_spill=args.max_spill, problems=found,
+                    max_spill=args.max_spill, kernels=kernels, int64=args.int64, problems=found,
                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         steps_doc = dict(kind="modelled, not measured (kernels/time_model.py)", rows=steps)
         atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows, "steps": steps_doc}, indent=1) + "\n")

@@ -108,9 +108,10 @@ _COMPILED = {}
 class _Compiler:
     """The launch recorder: compiles each launch's kernel for every config it may run with."""
 
-    def __init__(self, capability: int):
+    def __init__(self, capability: int, kernels=None):
         from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
         self.capability = capability
+        self.kernels = set(kernels or KERNEL_NAMES.values())  # the report's names of what to compile
         self.shared_limit = SHARED_MEMORY_LIMIT[capability]
         self.context = {}
         self.rows = []
@@ -130,7 +131,10 @@ class _Compiler:
             self._compile(fn, grid, args, {**kwargs, **config})
 
     def _compile(self, fn, grid, args, kwargs):
-        row = dict(self.context, kernel=KERNEL_NAMES.get(fn.__name__, fn.__name__),
+        name = KERNEL_NAMES.get(fn.__name__, fn.__name__)
+        if name not in self.kernels:
+            return
+        row = dict(self.context, kernel=name,
                    config=_config_label(kwargs), shared_limit=self.shared_limit, error=None,
                    idx64=bool(kwargs.get("IDX64")), relu=bool(kwargs.get("RELU")),
                    has_bias=bool(kwargs.get("HAS_BIAS")))
@@ -311,8 +315,10 @@ def _fresh_compile_settings(tf32: bool):
             knobs.nvidia.dump_ptxas_log, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
 
 
-def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> list:
-    """One row per (kernel, case, dtype, layout, config) compiled for sm_<capability>."""
+def compile_report(capability: int, cases, dtypes, layouts, progress=None, int64=True, kernels=None) -> list:
+    """One row per (kernel, case, dtype, layout, config) compiled for sm_<capability>.
+    int64: also compile every launch with int64 offsets forced on; kernels: the report's names of
+    the kernels to compile (KERNEL_NAMES' values; None: all)."""
     from unet_fast.kernels.common import interpreting
     from unet_fast.kernels.offline_target import offline_target
     from unet_fast.kernels.up_concat_launch import recording_launches
@@ -320,7 +326,7 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
         raise RuntimeError("TRITON_INTERPRET=1 is set: Triton would interpret the kernels instead of "
                            "compiling them; unset it to compile for a GPU")
     global _current_step
-    compiler = _Compiler(capability)
+    compiler = _Compiler(capability, kernels)
     for dtype_name in dtypes:
         dtype, tf32 = names.DTYPES[dtype_name]
         with _fresh_compile_settings(tf32), offline_target(capability), recording_launches(compiler):
@@ -328,7 +334,7 @@ def compile_report(capability: int, cases, dtypes, layouts, progress=None) -> li
                 for case in cases:
                     _current_step = case
                     for relu, has_bias in VARIANTS:
-                        for idx64 in (False, True):
+                        for idx64 in (False, True) if int64 else (False,):
                             compiler.context = dict(case=case.name, dtype=dtype_name, layout=layout,
                                                     step_relu=relu, step_bias=has_bias)
                             compiler.force_idx64 = idx64
