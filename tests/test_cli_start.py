@@ -34,6 +34,7 @@ def no_measuring(monkeypatch):
     (["networks", "--threads", "0"], "argument --threads: expected a whole number >= 1, got '0'"),
     (["networks", "--threads", "two"], "argument --threads: expected a whole number >= 1, got 'two'"),
     (["kernels", "--max-spill", "-1"], "argument --max-spill: expected a whole number >= 0, got '-1'"),
+    (["kernels", "--kernel", "forward,backward"], "--kernel: unknown 'backward'; choose from forward, backward_input"),
     (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
     (["networks", "--network", "unet"], "argument --network: invalid choice: 'unet'"),
     (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
