@@ -10,6 +10,7 @@ TRITON_INTERPRET=1 set (conftest.py), under which Triton interprets kernels inst
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -381,8 +382,14 @@ def test_ptx_and_ptxas_readers():
     assert ptxas_resources(log) == dict(registers=255, spill_stores=176, spill_loads=224)
 
 
-def test_kernel_choices_name_every_compiled_kernel():
-    assert sorted(KERNEL_CHOICES) == sorted(KERNEL_NAMES.values())
+def test_kernel_choices_name_every_triton_kernel_of_the_op():
+    """--kernel's names are the op's Triton kernels, each up_concat_<name>_kernel, and nothing else."""
+    from unet_fast.kernels import (up_concat_backward, up_concat_backward_fused, up_concat_backward_weight,
+                                   up_concat_forward)
+    found = {name for module in (up_concat_forward, up_concat_backward, up_concat_backward_weight,
+                                 up_concat_backward_fused)
+             for name in vars(module) if re.fullmatch(r"up_concat_\w+_kernel", name)}
+    assert sorted(found) == sorted(KERNEL_NAMES) and len(KERNEL_CHOICES) == len(found)
 
 
 def test_kernels_command_exits_1_when_a_row_is_over(monkeypatch, capsys):

@@ -21,11 +21,10 @@ import time
 import torch
 
 from unet_fast import names
+from unet_fast.gpu.kernel_report import KERNEL_CHOICES
 
-KERNEL_NAMES = {"up_concat_forward_kernel": "forward", "up_concat_backward_input_kernel": "backward_input",
-                "up_concat_backward_weight_kernel": "backward_weight",
-                "up_concat_backward_fused_kernel": "backward_fused",
-                "up_concat_weight_reduce_kernel": "weight_reduce"}
+# The report's name of each Triton kernel (its function is up_concat_<name>_kernel).
+KERNEL_NAMES = {f"up_concat_{name}_kernel": name for name in KERNEL_CHOICES}
 # The constexpr variants each decoder step is compiled in: (ReLU, bias), with a bias as the
 # lesson's UNet, nnU-Net and MONAI decoders have one (a kernel's no-bias variant is its code
 # without the bias loop; tests/test_kernel_compile.py compiles those). Together with IDX64 forced on
@@ -111,7 +110,7 @@ class _Compiler:
     def __init__(self, capability: int, kernels=None):
         from unet_fast.kernels.offline_target import SHARED_MEMORY_LIMIT
         self.capability = capability
-        self.kernels = set(kernels or KERNEL_NAMES.values())  # the report's names of what to compile
+        self.kernels = set(kernels or KERNEL_CHOICES)  # the report's names of what to compile
         self.shared_limit = SHARED_MEMORY_LIMIT[capability]
         self.context = {}
         self.rows = []
@@ -132,7 +131,7 @@ class _Compiler:
 
     def _compile(self, fn, grid, args, kwargs):
         name = KERNEL_NAMES.get(fn.__name__, fn.__name__)
-        if name not in self.kernels:
+        if name in KERNEL_CHOICES and name not in self.kernels:  # a kernel the report cannot name keeps its row
             return
         row = dict(self.context, kernel=name,
                    config=_config_label(kwargs), shared_limit=self.shared_limit, error=None,
@@ -318,7 +317,7 @@ def _fresh_compile_settings(tf32: bool):
 def compile_report(capability: int, cases, dtypes, layouts, progress=None, int64=True, kernels=None) -> list:
     """One row per (kernel, case, dtype, layout, config) compiled for sm_<capability>.
     int64: also compile every launch with int64 offsets forced on; kernels: the report's names of
-    the kernels to compile (KERNEL_NAMES' values; None: all)."""
+    the kernels to compile (KERNEL_CHOICES; None: all)."""
     from unet_fast.kernels.common import interpreting
     from unet_fast.kernels.offline_target import offline_target
     from unet_fast.kernels.up_concat_launch import recording_launches
