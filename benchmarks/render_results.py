@@ -105,7 +105,7 @@ def modelled_steps(doc, dtype="bf16", layout="channels_last") -> list:
           "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['step']} | {r['direction']} | {r['floor_us']:.1f} | {r['fused_us']:.1f} | "
-                  f"{r['pct_of_floor']:.0f}% | {r['eager_us']:.1f} | {r['compile_us']:.1f} |")
+                  f"{r['pct_of_floor']:.1f}% | {r['eager_us']:.1f} | {r['compile_us']:.1f} |")
     return md
 
 

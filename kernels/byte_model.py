@@ -107,10 +107,11 @@ def fused_tile(step, relu=None):
 
 
 def backward_kernels(step, relu=None) -> tuple:
-    """The backward's launches of `step` (besides weight_pack), as the launcher chooses them."""
+    """The backward's launches of `step` (besides weight_pack), as the launcher chooses them: the
+    two-kernel backward sums the weight gradient's partials in backward_input's first programs."""
     if fused_tile(step, relu):
         return "backward_fused", "weight_reduce"
-    return "backward_input", "backward_weight", "weight_reduce"
+    return "backward_weight", "backward_input"
 
 
 def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) -> tuple:
@@ -168,6 +169,21 @@ def weight_grad_partials(step, tile, has_bias: bool, acc: int = 4) -> tuple:
     return dw, db
 
 
+def weight_sum_bytes(step, weight_tile, fused, has_bias: bool, w: float, bias: float) -> tuple:
+    """(moved, floor, l2_bytes) of the sum of the weight gradient's partials: of the one-pass
+    backward's (`fused`: its tile), or else of the weight-gradient kernel's (`weight_tile`); `w`
+    and `bias`: the bytes of dW and dbias, written once. The partials come from L2 while they fit
+    in PARTIALS_IN_L2 (the sum runs in the launch right after their writer's)."""
+    if fused:
+        dw_part, db_part = fused_partials(step, fused, has_bias)
+    else:
+        dw_part, db_part = weight_grad_partials(step, weight_tile, has_bias)
+    partials = dw_part + db_part
+    from_dram = partials if partials > PARTIALS_IN_L2 else 0
+    written = (w if dw_part else 0) + bias
+    return from_dram + written, written, partials + written
+
+
 def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = True,
                  weight_stride1: bool = False, tile=None) -> dict:
     """{moved, floor, l2_bytes, ratio, h100_us (lo, hi), h200_us (lo, hi)} of one kernel launch
@@ -199,16 +215,19 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         l2 = x * taps * cdiv(step.cout, bn) + w * cdiv(m, bm) + up + 2 * sk + mask_bits
     elif kernel == "backward_input":
         # Reads grad and the mask bits the forward wrote (upsampled channels once per Cin tile).
-        # Without a ReLU the skip channels' gradient is a view of grad: no copy programs.
+        # Without a ReLU the skip channels' gradient is a view of grad: no copy programs. Its first
+        # programs sum the weight gradient's partials (weight_sum_bytes).
         bn = narrow_tile(bn, step.cin)
         conv_bits = mout * step.cout / 8 if relu else 0
         skip_copy = 2 * sk if relu else 0
-        moved = up + mask_bits + w + x + skip_copy
-        floor = moved
-        l2 = (up + conv_bits) * cdiv(step.cin, bn) + skip_copy + (mask_bits - conv_bits) + w * cdiv(m, bm) + x
+        sum_moved, sum_floor, sum_l2 = weight_sum_bytes(step, weight_grad_tile(step), None, has_bias, w, bias)
+        moved = up + mask_bits + w + x + skip_copy + sum_moved
+        floor = up + mask_bits + w + x + skip_copy + sum_floor
+        l2 = ((up + conv_bits) * cdiv(step.cin, bn) + skip_copy + (mask_bits - conv_bits) + w * cdiv(m, bm) + x
+              + sum_l2)
     elif kernel == "backward_weight":
         # Partials: written to DRAM (L2 writes back every dirty line); the reduction reads them
-        # back at once, from L2 while they fit in PARTIALS_IN_L2 (see weight_reduce).
+        # back at once, from L2 while they fit in PARTIALS_IN_L2 (see weight_sum_bytes).
         dw_part, db_part = weight_grad_partials(step, tile, has_bias)
         written = w if not dw_part else dw_part
         bits = mout * step.cout / 8 if relu else 0  # the ReLU mask as bits, not the 16-bit output
@@ -227,15 +246,7 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
         l2 = up * cdiv(step.cin, bm) + 2 * x + w * fused_step_splits(step, tile) + written + db_part
     elif kernel == "weight_reduce":
         fused = fused_tile(step, relu)
-        if fused:
-            dw_part, db_part = fused_partials(step, fused, has_bias)
-        else:
-            dw_part, db_part = weight_grad_partials(step, weight_grad_tile(step), has_bias)
-        partials = dw_part + db_part
-        from_dram = partials if partials > PARTIALS_IN_L2 else 0
-        moved = from_dram + (w if dw_part else 0) + bias
-        floor = (w if dw_part else 0) + bias
-        l2 = partials + (w if dw_part else 0) + bias
+        moved, floor, l2 = weight_sum_bytes(step, None if fused else weight_grad_tile(step), fused, has_bias, w, bias)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; one of {', '.join(KERNELS)}")
     return _with_times(dict(kernel=kernel, step=step.name, moved=moved, floor=floor, l2_bytes=l2))

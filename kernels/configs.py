@@ -123,10 +123,16 @@ def light_variant(constexprs: dict) -> bool:
     return not constexprs.get("WRITE_BITS") and not constexprs.get("IDX64") and constexprs.get("KD", 1) == 1
 
 
-# The split-K reduction of the weight gradient: dW elements per program, warps; the dbias tile of
-# REDUCE_ROWS (split, tap) rows x REDUCE_CHANNELS channels per step. One config.
-REDUCE_BLOCK, REDUCE_WARPS = 512, 4
+# The split-K reduction of the weight gradient: dW elements per program, warps, splits whose loads
+# are issued together; the dbias tile of REDUCE_ROWS (split, tap) rows x REDUCE_CHANNELS channels
+# per step. One config.
+REDUCE_BLOCK, REDUCE_WARPS, REDUCE_SPLITS = 512, 4, 4
 REDUCE_ROWS, REDUCE_CHANNELS = 128, 32
+# The same where the reduction runs as the first programs of backward_input, whose tiles take
+# 4 or 8 warps: at most 8 dW elements (4 x 8 loads in flight) and 8 dbias elements per thread,
+# so the reduction adds few registers to the GEMM tiles' (sm_90, 64 x 64 at 4 warps: 70 -> 87,
+# still four CTAs an SM; 2048 elements took 161, three).
+INPUT_REDUCE_BLOCK, INPUT_REDUCE_ROWS = 1024, 32
 
 # Registers per thread the backward_weight kernel is assumed to take (its 8-warp tiles take 122-234
 # on sm_90, `unet-fast kernels`: one program per SM), and what an SM holds: they decide how many of

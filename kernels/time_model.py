@@ -36,8 +36,9 @@ SCHEDULERS = 4            # warp schedulers per SM, each issuing at most 1 warp-
 # on a dependent ALU result and far longer on shared memory or a tensor-core wait; the compiler's
 # interleaving hides about half of it with one warp. Four warps per scheduler hide it.
 ISSUE_EFFICIENCY = {1: 0.5, 2: 0.7, 3: 0.85}
-# The SASS outside the K loop holds the code of both program roles (GEMM tile and skip copy) and
-# every epilogue variant; a program runs about this share of it once.
+# The SASS outside the K loop holds the code of every program role (GEMM tile, skip copy, and in
+# backward_input the sum of the weight gradient's partials) and every epilogue variant; a program
+# runs about this share of it once.
 OUTSIDE_LOOP_SHARE = 0.5
 
 # Occupancy limits of one SM.
@@ -106,9 +107,9 @@ def k_iterations(kernel: str, step, tile, launch_args=None) -> int:
 
 
 def gemm_programs(kernel: str, step, tile, programs: int) -> int:
-    """Programs of the grid that run the K loop (the rest copy the skip channels): the row blocks
-    of each image times the column tiles (kernels/common.py program_role); every program of the
-    weight gradient."""
+    """Programs of the grid that run the K loop (the rest copy the skip channels, or in
+    backward_input sum the weight gradient's partials): the row blocks of each image times the
+    column tiles (kernels/common.py program_role); every program of the weight gradient."""
     bm, bn, _bk = tile
     row_blocks = step.n * cdiv(step.m // step.n, bm)
     if kernel == "forward":

@@ -1,14 +1,18 @@
-"""Backward of up_concat, 2-D and 3-D: three launches, no atomics (deterministic by construction);
-without a ReLU, two (up_concat_backward_fused.py: dx and dW from one pass over grad).
+"""Backward of up_concat, 2-D and 3-D: two launches, no atomics (deterministic by construction);
+without a ReLU, when a tile takes every column, up_concat_backward_fused.py's one pass instead.
 
 With gy = the upsampled channels of grad (zeroed where the forward's ReLU clipped, after a ReLU),
 seen as the GEMM output unshuffled to [M, T*Cout] (see up_concat_forward.py for the index math):
-  backward_input   dx = gy @ W^T, K = T taps x Cout: program (row block, Cin tile) loops over
-                   every tap and Cout block; the Cin tiles of a row block run side by side so
-                   its gy rows come from DRAM once. Extra copy programs of the same launch,
-                   interleaved, write dskip = masked grad of the skip channels.
-  backward_weight  dW = X^T @ gy, K = the M pixels split over S ranges (split-K), and the fixed-order
-  weight_reduce    reduction of its partials (up_concat_backward_weight.py).
+  backward_weight  first: dW = X^T @ gy, K = the M pixels split over S ranges (split-K), each
+                   program writing its partial (up_concat_backward_weight.py);
+  backward_input   then: dx = gy @ W^T, K = T taps x Cout: program (row block, Cin tile) loops
+                   over every tap and Cout block; the Cin tiles of a row block run side by side
+                   so its gy rows come from DRAM once. Extra copy programs of the same launch,
+                   interleaved, write dskip = masked grad of the skip channels; and its first
+                   programs sum the weight gradient's partials into dW and dbias in fixed order
+                   (sum_weight_partials). The launch after the weight gradient's sees every
+                   partial written, as a separate reduction kernel would, one launch fewer: the
+                   partials, written just before, are still in L2 when those first programs run.
 The ReLU mask is read as bits (mask_bits.py), which the forward wrote (or the launcher packed from
 the saved output): 1 where out > 0 or out is NaN, threshold_backward's pass condition.
 """
@@ -19,6 +23,7 @@ from .common import (as_offset, copy_tile_coords, copy_tile_offsets, pixel_offse
                      spatial_coords, tap_offset, tile_product, up_pixel_offset)
 from .configs import autotuned
 from .mask_bits import load_mask_bits, load_skip_bits
+from .up_concat_backward_weight import sum_weight_partials
 
 
 @triton.jit
@@ -40,8 +45,9 @@ def masked_grad(g_ptrs, o_ptrs, mask, RELU: tl.constexpr, UPCAST: tl.constexpr):
 def up_concat_backward_input_kernel(
     # Pointers: g = grad [N, COUT + CS, KD*D, KH*H, KW*W]; bits: the ReLU mask (mask_bits.py),
     # read only when RELU; w [CIN, COUT, KD, KH, KW]; dx [N, CIN, D, H, W];
-    # dskip [N, CS, KD*D, KH*H, KW*W].
-    g_ptr, bits_ptr, w_ptr, dx_ptr, dskip_ptr,
+    # dskip [N, CS, KD*D, KH*H, KW*W]; the weight gradient's partials and dW, dbias as
+    # up_concat_weight_reduce_kernel's.
+    g_ptr, bits_ptr, w_ptr, dx_ptr, dskip_ptr, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
     # Sizes: NIMG = N images of DHW = D*H*W input pixels (passed, so that its divisibility
     # by 16 is known to the compiler: vector loads along pixels in NCHW); SKIP_PIX = output pixels per image;
     # CONV_C0 / SKIP_C0 = first channel of the upsampled / skip channels in grad;
@@ -54,6 +60,9 @@ def up_concat_backward_input_kernel(
     # ... sdx* of dx and sds* of dskip along n, c, d, h, w.
     sdxn, sdxc, sdxd, sdxh, sdxw,
     sdsn, sdsc, sdsd, sdsh, sdsw,
+    # The reduction of the weight gradient's partials: its N_SUM programs come first; then its
+    # sizes, split layout and dW / dbias strides as up_concat_weight_reduce_kernel's.
+    N_SUM, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb,
     # Meta-parameters: taps per axis; ReLU mask; FLAT_X: dx merges (d, h, w) into one dimension
     # of stride sdxw; FLAT_SKIP: grad and dskip do; tile-product settings; offset width;
     # tile (BLOCK_M pixels x BLOCK_N input channels, BLOCK_K output channels per step).
@@ -62,16 +71,25 @@ def up_concat_backward_input_kernel(
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    # The reduction's: dbias summed; dW elements per program, splits loaded at once; dbias tile.
+    HAS_BIAS: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_SPLITS: tl.constexpr, SUM_ROWS: tl.constexpr,
+    SUM_CHANNELS: tl.constexpr,
 ):
-    """One program: a dx tile (row block, Cin tile) over K = T*COUT, or a dskip copy tile."""
+    """One program: a share of the weight gradient's reduction (the first N_SUM), a dx tile
+    (row block, Cin tile) over K = T*COUT, or a dskip copy tile."""
     T = KD * KH * KW
     NB = tl.cdiv(COUT, 8)
     n_ci = tl.cdiv(CIN, BLOCK_N)
     dhw = DHW
-    pid_m, col, q, n_copy = program_role(tl.program_id(0), NIMG * tl.cdiv(dhw, BLOCK_M), NIMG, SKIP_PIX, CS,
+    pid = tl.program_id(0)
+    pid_m, col, q, n_copy = program_role(pid - N_SUM, NIMG * tl.cdiv(dhw, BLOCK_M), NIMG, SKIP_PIX, CS,
                                          n_ci, BLOCK_M, BLOCK_N)
 
-    if col < n_ci:
+    if pid < N_SUM:
+        sum_weight_partials(pid, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, COUT, COUT_P, E, N_COL, TILE_M, TILE_N,
+                            S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb, KD, KH, KW, HAS_BIAS, SUM_BLOCK,
+                            SUM_SPLITS, SUM_ROWS, SUM_CHANNELS)
+    elif col < n_ci:
         offs_c = col * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_c = offs_c < CIN
         img, r, mask_m = row_block(pid_m, dhw, IDX64, BLOCK_M)

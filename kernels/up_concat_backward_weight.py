@@ -225,26 +225,20 @@ def up_concat_backward_weight_kernel(
 
 
 @triton.jit
-def up_concat_weight_reduce_kernel(
-    # Pointers: dw_part [S, CIN, T, COUT] and db_part [S, T, COUT] contiguous (accumulator
-    # dtype); dw [CIN, COUT, KD, KH, KW] and db [COUT] (the weight's dtype).
-    dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
-    # Sizes: E = CIN*T*COUT weight elements (0: the weight kernel wrote dW itself); the weight
-    # kernel's split layout (N_COL column tiles of TILE_N over T * COUT_P columns, Cin tiles of
-    # TILE_M; tile t has S_LO splits, one more when t < R_EXTRA).
-    CIN, COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA,
-    # Strides of dw along c, o, td, th, tw; of db.
+def sum_weight_partials(
+    pid, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
+    COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA,
     sdwc, sdwo, sdwd, sdwh, sdww, sdb,
-    # Meta-parameters: taps per axis; whether db is summed; dW elements per program; dbias tile
-    # (BLOCK_S rows (split, tap) x BLOCK_O channels).
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
+    SPLIT_STEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
-    """Programs below cdiv(E, BLOCK) sum dW over the splits s = 0, 1, ... in order; the next
+    """Program `pid` of the fixed-order reduction of the weight-gradient partials: below
+    cdiv(E, BLOCK) it sums BLOCK dW elements over the splits s = 0, 1, ... in order, SPLIT_STEP
+    splits' loads issued together (their latency overlaps; the adds stay in order); the next
     cdiv(COUT, BLOCK_O) each sum dbias for BLOCK_O channels: BLOCK_S (split, tap) rows at a time
-    added elementwise, then one tree sum over the rows. Same inputs, same bits: no atomics."""
+    added elementwise, then one tree sum over the rows. Same inputs, same bits: no atomics.
+    Arguments as up_concat_weight_reduce_kernel's."""
     T: tl.constexpr = KD * KH * KW
-    pid = tl.program_id(0)
     n_w = tl.cdiv(E, BLOCK)
     if pid < n_w:
         e = pid * BLOCK + tl.arange(0, BLOCK)
@@ -253,11 +247,11 @@ def up_concat_weight_reduce_kernel(
         ct = e // COUT
         tap = ct % T
         c = ct // T
-        extra = (c // TILE_M) * N_COL + (tap * COUT_P + o) // TILE_N < R_EXTRA
-        acc = tl.load(dw_part_ptr + e, mask=mask, other=0.0)
-        for s in range(1, S_LO):
-            acc += tl.load(dw_part_ptr + s * E + e, mask=mask, other=0.0)
-        acc += tl.load(dw_part_ptr + S_LO * E + e, mask=mask & extra, other=0.0)
+        n_split = S_LO + ((c // TILE_M) * N_COL + (tap * COUT_P + o) // TILE_N < R_EXTRA).to(tl.int32)
+        acc = tl.zeros((BLOCK,), dtype=dw_part_ptr.dtype.element_ty)
+        for s0 in range(0, S_LO + (R_EXTRA > 0).to(tl.int32), SPLIT_STEP):
+            for i in tl.static_range(SPLIT_STEP):
+                acc += tl.load(dw_part_ptr + (s0 + i) * E + e, mask=mask & (s0 + i < n_split), other=0.0)
         dst = c * sdwc + o * sdwo + tap_offset(tap, sdwd, sdwh, sdww, KH, KW)
         tl.store(dw_ptr + dst, acc.to(dw_ptr.dtype.element_ty), mask=mask)
     elif HAS_BIAS:
@@ -271,7 +265,30 @@ def up_concat_weight_reduce_kernel(
             r = r0 + tl.arange(0, BLOCK_S)
             sr = r // T
             tap_r = r - sr * T
-            n_split = S_LO + ((tap_r[:, None] * COUT_P + ob[None, :]) // TILE_N < R_EXTRA).to(tl.int32)
+            n_split_r = S_LO + ((tap_r[:, None] * COUT_P + ob[None, :]) // TILE_N < R_EXTRA).to(tl.int32)
             sums += tl.load(db_part_ptr + r[:, None] * COUT + ob[None, :],
-                            mask=(sr[:, None] < n_split) & mask_ob[None, :], other=0.0)
+                            mask=(sr[:, None] < n_split_r) & mask_ob[None, :], other=0.0)
         tl.store(db_ptr + ob * sdb, tl.sum(sums, axis=0).to(db_ptr.dtype.element_ty), mask=mask_ob)
+
+
+@triton.jit
+def up_concat_weight_reduce_kernel(
+    # Pointers: dw_part [S, CIN, T, COUT] and db_part [S, T, COUT] contiguous (accumulator
+    # dtype); dw [CIN, COUT, KD, KH, KW] and db [COUT] (the weight's dtype).
+    dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
+    # Sizes: E = CIN*T*COUT weight elements (0: the weight kernel wrote dW itself); the weight
+    # kernel's split layout (N_COL column tiles of TILE_N over T * COUT_P columns, Cin tiles of
+    # TILE_M; tile t has S_LO splits, one more when t < R_EXTRA).
+    COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA,
+    # Strides of dw along c, o, td, th, tw; of db.
+    sdwc, sdwo, sdwd, sdwh, sdww, sdb,
+    # Meta-parameters: taps per axis; whether db is summed; dW elements per program and splits
+    # loaded at once; dbias tile (BLOCK_S rows (split, tap) x BLOCK_O channels).
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    SPLIT_STEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
+):
+    """The reduction of the one-pass backward's partials (the two-kernel backward runs the same
+    programs first in its backward_input launch): sum_weight_partials."""
+    sum_weight_partials(tl.program_id(0), dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
+                        COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb,
+                        KD, KH, KW, HAS_BIAS, BLOCK, SPLIT_STEP, BLOCK_S, BLOCK_O)

@@ -21,8 +21,9 @@ from ..ops.layout import channel_slices, new_buffer, output_memory_format, step_
 from ..ops.relu_mask import mask_parts, pack_relu_mask
 from .byte_model import fused_backward_splits as _fused_splits, weight_grad_layout
 from .common import interpreting
-from .configs import (REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS, REDUCE_WARPS, channels_last_operand, device_limits,
-                      fixed_tile, fused_backward_tile, operand_class, weight_grad_ctas_per_sm)
+from .configs import (INPUT_REDUCE_BLOCK, INPUT_REDUCE_ROWS, REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS,
+                      REDUCE_SPLITS, REDUCE_WARPS, channels_last_operand, device_limits, fixed_tile,
+                      fused_backward_tile, operand_class, weight_grad_ctas_per_sm)
 
 _recorder = None
 
@@ -236,7 +237,8 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     None: no ReLU. dbias is zeros [Cout] when has_bias is False; dweight has weight's shape and dtype.
     Without a ReLU, when grad holds the upsampled channels alone (no skip channels: the op's
     autograd passes that slice) and a tile takes the step, the one-pass backward runs
-    (launch_fused_backward) instead of backward_input and backward_weight."""
+    (launch_fused_backward) instead. Otherwise backward_weight runs first, then backward_input,
+    whose first programs sum the former's partials (stream order makes them visible)."""
     relu = out is not None or bits is not None
     n, cin = x.shape[:2]
     cout = weight.shape[1]
@@ -267,35 +269,47 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     math["IDX64"] = needs_int64_offsets(grad, mask, x, wk, dx, dskip) or m * taps >= 2**31 - 1
     tiles = fixed_tiles(x.dtype)
 
+    # The weight gradient first: backward_input's first programs sum its partials.
+    # It reads the upsampled channels' part of the bits (MASK_BITS), never out.
+    conv_bits = bits[:conv_bytes] if relu else torch.empty(1, dtype=torch.uint8, device=x.device)
+    dweight, dbias, weight_sum = launch_weight_grad(grad, grad, conv_bits, x, weight, relu=relu, has_bias=has_bias,
+                                                    conv_c0=conv_c0, math=math, tiles=tiles)
+    sum_block = input_reduce_block()
+    n_sum = weight_sum.programs(sum_block)
+
     def input_grid(meta):
         bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
-        return (gemm_copy_grid(n, d * h * w, triton.cdiv(cin, bn), skip_pix, cs, bm, bn),)
+        return (n_sum + gemm_copy_grid(n, d * h * w, triton.cdiv(cin, bn), skip_pix, cs, bm, bn),)
 
     kernel = bwd.up_concat_backward_input_kernel if tiles else bwd.up_concat_backward_input_kernel_autotuned
     launch(
         kernel, input_grid,
-        grad, mask, wk, dx, dskip,
+        grad, mask, wk, dx, dskip, *weight_sum.pointers,
         n, d, h, w, d * h * w, cin, cout, cs, skip_pix, conv_c0, skip_c0, conv_bytes,
         *strides5(grad), wk.stride(0), wk.stride(1), *strides5(wk)[2:],
-        *strides5(dx), *strides5(dskip),
+        *strides5(dx), *strides5(dskip), n_sum, *weight_sum.sizes,
         KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
         FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
+        HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=REDUCE_SPLITS, SUM_ROWS=INPUT_REDUCE_ROWS,
+        SUM_CHANNELS=REDUCE_CHANNELS,
     )
-
-    # The weight gradient reads the upsampled channels' part of the bits (MASK_BITS), never out.
-    conv_bits = bits[:conv_bytes] if relu else torch.empty(1, dtype=torch.uint8, device=x.device)
-    dweight, dbias = launch_weight_grad(grad, grad, conv_bits, x, weight, relu=relu, has_bias=has_bias,
-                                        conv_c0=conv_c0, math=math, tiles=tiles)
     return dx, dskip, dweight, dbias
+
+
+def input_reduce_block() -> int:
+    """dW elements per reduction program of backward_input: configs.INPUT_REDUCE_BLOCK; under the
+    interpreter 32, so that the tests' small weights take several programs and a partial last one."""
+    return 32 if interpreting() else INPUT_REDUCE_BLOCK
 
 
 def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias: bool, conv_c0: int, math: dict,
                        tiles):
-    """(dweight, dbias) of up_concat: the weight-gradient kernel and the reduction of its
-    partials. `bits` holds the ReLU mask of the upsampled channels ([M, T, cdiv(Cout, 8)] bytes;
-    read when relu); `mask_src` stands in for the 16-bit output the kernel can read instead (no
-    launcher does now); `math` is launch_backward's math settings with IDX64; `tiles` the fixed
-    tiles of the dtype, or None for the device's."""
+    """(dweight, dbias, WeightSum) of up_concat: the weight-gradient kernel, whose partials the
+    returned WeightSum's programs must then sum into dweight and dbias. `bits` holds the ReLU mask
+    of the upsampled channels ([M, T, cdiv(Cout, 8)] bytes; read when relu); `mask_src` stands in
+    for the 16-bit output the kernel can read instead (no launcher does now); `math` is
+    launch_backward's math settings with IDX64; `tiles` the fixed tiles of the dtype, or None for
+    the device's."""
     n, cin = x.shape[:2]
     cout = weight.shape[1]
     kd, kh, kw = kernel_size(weight)
@@ -328,11 +342,9 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
         KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu, HAS_BIAS=has_bias, DIRECT=direct,
         FLAT_X=flat_pixels((x,), (d, h, w)), BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tiles,
     )
-
-    launch_weight_reduce(dw_part, db_part, dweight, dbias, cin=cin, cout=cout, cout_p=cout_p, taps=taps,
-                         kernel=(kd, kh, kw), has_bias=has_bias, direct=direct, n_col=n_col, block_m=block_m,
-                         block_n=block_n, s_lo=s_lo, r_extra=r_extra)
-    return dweight, dbias
+    weight_sum = WeightSum(dw_part, db_part, dweight, dbias, cout=cout, cout_p=cout_p, has_bias=has_bias,
+                           direct=direct, n_col=n_col, block_m=block_m, block_n=block_n, s_lo=s_lo, r_extra=r_extra)
+    return dweight, dbias, weight_sum
 
 
 def weight_grad_buffers(x, weight, slots: int, has_bias: bool) -> tuple:
@@ -351,22 +363,38 @@ def weight_grad_buffers(x, weight, slots: int, has_bias: bool) -> tuple:
     return dweight, dbias, dw_part, db_part
 
 
-def launch_weight_reduce(dw_part, db_part, dweight, dbias, *, cin, cout, cout_p, taps, kernel, has_bias, direct,
-                         n_col, block_m, block_n, s_lo, r_extra):
-    """The fixed-order sum of the weight-gradient partials into dweight and dbias (nothing to do
-    when `direct` left dweight written and there is no bias). The split layout (n_col column tiles
-    of block_n over taps * cout_p columns, Cin tiles of block_m, s_lo splits and r_extra tiles
-    with one more) is the partials' writer's."""
-    kd, kh, kw = kernel
-    elements = 0 if direct else cin * taps * cout
-    programs = triton.cdiv(elements, REDUCE_BLOCK) + (triton.cdiv(cout, REDUCE_CHANNELS) if has_bias else 0)
+class WeightSum:
+    """The fixed-order sum of the weight-gradient partials into dweight and dbias
+    (kernels/up_concat_backward_weight.py sum_weight_partials), as arguments: `pointers` and
+    `sizes` (after COUT) in the order the kernels take them, `programs(block)` for block dW
+    elements a program.
+    Nothing to sum (no programs) when `direct` left dweight written and there is no bias. The
+    split layout (n_col column tiles of block_n over taps * cout_p columns, Cin tiles of block_m,
+    s_lo splits and r_extra tiles with one more) is the partials' writer's."""
+
+    def __init__(self, dw_part, db_part, dweight, dbias, *, cout, cout_p, has_bias, direct, n_col, block_m, block_n,
+                 s_lo, r_extra):
+        self.kernel = kernel_size(dweight)
+        self.cout, self.has_bias = cout, has_bias
+        self.elements = 0 if direct else dweight.numel()
+        self.pointers = (dw_part, db_part, dweight, dbias)
+        self.sizes = (cout_p, self.elements, n_col, block_m, block_n, s_lo, r_extra,
+                      dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:], dbias.stride(0))
+
+    def programs(self, block: int) -> int:
+        return triton.cdiv(self.elements, block) + (triton.cdiv(self.cout, REDUCE_CHANNELS) if self.has_bias else 0)
+
+
+def launch_weight_reduce(weight_sum: WeightSum):
+    """The weight-gradient reduction as a launch of its own (after the one-pass backward)."""
+    programs = weight_sum.programs(REDUCE_BLOCK)
     if programs:
+        kd, kh, kw = weight_sum.kernel
         launch(
             bwd.up_concat_weight_reduce_kernel, (programs,),
-            dw_part, db_part, dweight, dbias,
-            cin, cout, cout_p, elements, n_col, block_m, block_n, s_lo, r_extra,
-            dweight.stride(0), dweight.stride(1), *strides5(dweight)[2:], dbias.stride(0),
-            KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, BLOCK=REDUCE_BLOCK, BLOCK_S=REDUCE_ROWS,
+            *weight_sum.pointers, weight_sum.cout, *weight_sum.sizes,
+            KD=kd, KH=kh, KW=kw, HAS_BIAS=weight_sum.has_bias, BLOCK=REDUCE_BLOCK, SPLIT_STEP=REDUCE_SPLITS,
+            BLOCK_S=REDUCE_ROWS,
             BLOCK_O=REDUCE_CHANNELS, num_warps=REDUCE_WARPS,
         )
 
@@ -417,7 +445,6 @@ def launch_fused_backward(grad, x, wk, weight, dx, *, has_bias: bool, tile: dict
         KD=kd, KH=kh, KW=kw, HAS_BIAS=has_bias, DIRECT=direct, FLAT_X=flat_pixels((x, dx), (d, h, w)),
         BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tile,
     )
-    launch_weight_reduce(dw_part, db_part, dweight, dbias, cin=cin, cout=cout, cout_p=cout_p, taps=taps,
-                         kernel=(kd, kh, kw), has_bias=has_bias, direct=direct, n_col=1, block_m=block_m,
-                         block_n=block_n, s_lo=splits, r_extra=0)
+    launch_weight_reduce(WeightSum(dw_part, db_part, dweight, dbias, cout=cout, cout_p=cout_p, has_bias=has_bias,
+                                   direct=direct, n_col=1, block_m=block_m, block_n=block_n, s_lo=splits, r_extra=0))
     return dweight, dbias

@@ -10,8 +10,7 @@ from unet_fast.kernels import up_concat_backward as bwd_module
 from unet_fast.kernels import up_concat_launch as launcher
 from helpers import grads_against_reference, make_step, require_triton, select_path, spy_on_triton_launches
 
-TWO_KERNELS = ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel",
-               "up_concat_weight_reduce_kernel"]
+TWO_KERNELS = ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"]
 ONE_PASS = ["up_concat_backward_fused_kernel", "up_concat_weight_reduce_kernel"]
 
 # (n, cin, cout, cs, spatial, kernel): x (4, 8) with 16-pixel blocks is two whole rows per block

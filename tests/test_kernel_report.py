@@ -151,7 +151,7 @@ def test_report_covers_every_kernel_dtype_layout_and_pruned_config(report):
                             # The forward twice with ReLU: inference, and the training forward writing bits.
                             for kernel, bits in [(k, b) for k in TILES if not (fused and k in backward)
                                                  for b in ((False, True) if k == "forward" and relu else (False,))]:
-                                has_bias = bias and kernel != "backward_input"  # it takes no bias
+                                has_bias = bias  # backward_input sums dbias among its programs
                                 # The forward of inference with int32 offsets, one tap along depth, tries
                                 # LIGHT_TILES too.
                                 kd = case_of[case].kernel[0] if len(case_of[case].kernel) == 3 else 1

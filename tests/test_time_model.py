@@ -213,21 +213,22 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     assert (forward["moved"], forward["floor"]) == (x + w + bias + up + 2 * skip + mask, x + up + 2 * skip + w + mask)
     assert forward["floor"] == 973144064
     backward_input = byte_model.kernel_bytes("backward_input", up1)
-    # Reads grad (both parts), the mask bits, w and x; writes dx and dskip.
-    assert backward_input["moved"] == backward_input["floor"] == up + skip + mask + w + x + skip == 973144064
-    # Without a ReLU, no copy programs: grad's upsampled channels, w, dx.
+    # Reads grad (both parts), the mask bits, w and x; writes dx and dskip; its first programs sum
+    # the weight gradient's 17.4 MB of partials (under the 25 MB that stay in L2: no DRAM bytes)
+    # and write dW and dbias.
+    assert backward_input["moved"] == backward_input["floor"] == up + skip + mask + w + x + skip + w + bias
+    assert backward_input["moved"] == 973144064 + w + bias
+    assert backward_input["l2_bytes"] == (up + conv_bits + 2 * skip + (mask - conv_bits) + w * 4096 + x
+                                          + 17301504 + 135168 + w + bias)  # 4096 row blocks of 128 pixels
+    # Without a ReLU, no copy programs: grad's upsampled channels, w, dx (and dW, dbias).
     unmasked = byte_model.kernel_bytes("backward_input", up1, relu=False)
-    assert unmasked["moved"] == unmasked["floor"] == up + w + x
+    assert unmasked["moved"] == unmasked["floor"] == up + w + x + w + bias
     backward_weight = byte_model.kernel_bytes("backward_weight", up1)
     # Reads x, the upsampled grad and its mask bits; writes the partials.
     assert backward_weight["moved"] == x + up + conv_bits + 17301504 + 135168 == 436867072
     assert backward_weight["floor"] == x + up + conv_bits + w
     # x once per column tile (1), grad and its bits once per Cin tile (1), the partials written.
     assert backward_weight["l2_bytes"] == x + up + conv_bits + 17301504 + 135168
-    reduce = byte_model.kernel_bytes("weight_reduce", up1)
-    # 17.4 MB of partials: under the 25 MB that stay in L2; writes dW and dbias.
-    assert reduce["moved"] == w + bias
-    assert reduce["l2_bytes"] == 17301504 + 135168 + w + bias
     assert byte_model.kernel_bytes("weight_reduce", d31, has_bias=False)["moved"] == 2 * 64 * 32 * 8  # in L2
 
 
@@ -238,7 +239,7 @@ def test_one_pass_backward_route_splits_and_bytes_of_3d1_and_3d2_by_hand():
     d31, d32, up1, d35 = STEPS["3d1"], STEPS["3d2"], STEPS["up1"], STEPS["3d5"]
     assert byte_model.fused_tile(d31) == (64, 256, 64) and byte_model.fused_tile(d32) == (32, 512, 64)
     assert byte_model.backward_kernels(d31) == ("backward_fused", "weight_reduce")
-    assert byte_model.backward_kernels(up1) == ("backward_input", "backward_weight", "weight_reduce")  # ReLU
+    assert byte_model.backward_kernels(up1) == ("backward_weight", "backward_input")  # ReLU: the reduction in the second
     assert byte_model.backward_kernels(up1, relu=False)[0] == "backward_fused"   # 4 x 64 columns
     assert byte_model.fused_tile(d35) is None                                       # 8 x 320 columns
     assert byte_model.fused_backward_splits(1, 8192, 132) == 132

@@ -113,16 +113,15 @@ def test_backward_op_directly(monkeypatch, path):
 
 
 def test_triton_backward_runs_its_kernels(monkeypatch):
-    """With the Triton path selected, the backward launches the input-gradient kernel, the
-    weight-gradient kernel and the device-side reduction of its partial sums (and dbias) once
-    each, and never touches the PyTorch path."""
+    """With the Triton path selected, the backward launches the weight-gradient kernel, then the
+    input-gradient kernel (whose first programs sum the weight gradient's partials and dbias, so
+    they must come after it), once each, and never touches the PyTorch path."""
     from unet_fast.kernels import up_concat_backward as bwd_module
 
     select_path(monkeypatch, "triton")
     launches = spy_on_triton_launches(monkeypatch, bwd_module, "backward")
     grads_against_reference(make_inputs(1, 3, 4, 5, 2, 3, torch.float32), True, torch.float32)
-    assert sorted(launches) == ["up_concat_backward_input_kernel", "up_concat_backward_weight_kernel",
-                                "up_concat_weight_reduce_kernel"]
+    assert launches == ["up_concat_backward_weight_kernel", "up_concat_backward_input_kernel"]
 
 
 def _drop_relu_mask(monkeypatch, path, part):

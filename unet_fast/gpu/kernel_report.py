@@ -56,13 +56,13 @@ COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), 
            ("h200_us", "{}"), ("programs", "{}"), ("ctas_per_sm", "{}"), ("waves", "{}"), ("k_loop", "{}"),
            ("per_64cube", "{:.0f}"), ("l2_mb", "{:.1f}"), ("bound", "{}"), ("modelled_us", "{:.1f}"))
 STEP_COLUMNS = (("step", "{}"), ("dtype", "{}"), ("layout", "{}"), ("direction", "{}"), ("floor_us", "{:.1f}"),
-                ("fused_us", "{:.1f}"), ("pct_of_floor", "{:.0f}%"), ("eager_us", "{:.1f}"), ("compile_us", "{:.1f}"))
+                ("fused_us", "{:.1f}"), ("pct_of_floor", "{:.1f}%"), ("eager_us", "{:.1f}"), ("compile_us", "{:.1f}"))
 SIXTEEN_BIT = ("bf16", "fp16")
-# The fused op's backward launches: the two-kernel backward, or the one-pass backward of a step
-# without ReLU (kernels/byte_model.py backward_kernels); weight_reduce is absent when nothing is
-# left to reduce.
-BACKWARD_KERNELS = ("backward_input", "backward_weight", "backward_fused", "weight_reduce")
-BACKWARD_ROUTES = (("backward_input", "backward_weight"), ("backward_fused",))
+# The fused op's backward launches: the two-kernel backward (backward_input sums the weight
+# gradient's partials itself), or the one-pass backward of a step without ReLU and weight_reduce,
+# absent when nothing is left to reduce (kernels/byte_model.py backward_kernels).
+BACKWARD_KERNELS = ("backward_weight", "backward_input", "backward_fused", "weight_reduce")
+BACKWARD_ROUTES = (("backward_weight", "backward_input"), ("backward_fused",))
 
 
 def _choices(text, choices, option, canonical=None):
