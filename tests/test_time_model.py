@@ -239,7 +239,7 @@ def test_one_pass_backward_route_splits_and_bytes_of_3d1_and_3d2_by_hand():
     d31, d32, up1, d35 = STEPS["3d1"], STEPS["3d2"], STEPS["up1"], STEPS["3d5"]
     assert byte_model.fused_tile(d31) == (64, 256, 64) and byte_model.fused_tile(d32) == (32, 512, 64)
     assert byte_model.backward_kernels(d31) == ("backward_fused", "weight_reduce")
-    assert byte_model.backward_kernels(up1) == ("backward_weight", "backward_input")  # ReLU: the reduction in the second
+    assert byte_model.backward_kernels(up1) == ("backward_weight", "backward_input")  # ReLU; the second sums dW
     assert byte_model.backward_kernels(up1, relu=False)[0] == "backward_fused"   # 4 x 64 columns
     assert byte_model.fused_tile(d35) is None                                       # 8 x 320 columns
     assert byte_model.fused_backward_splits(1, 8192, 132) == 132
