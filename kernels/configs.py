@@ -129,10 +129,11 @@ def light_variant(constexprs: dict) -> bool:
 REDUCE_BLOCK, REDUCE_WARPS, REDUCE_SPLITS = 512, 4, 4
 REDUCE_ROWS, REDUCE_CHANNELS = 128, 32
 # The same where the reduction runs as the first programs of backward_input, whose tiles take
-# 4 or 8 warps: at most 8 dW elements (4 x 8 loads in flight) and 8 dbias elements per thread,
-# so the reduction adds few registers to the GEMM tiles' (sm_90, 64 x 64 at 4 warps: 70 -> 87,
-# still four CTAs an SM; 2048 elements took 161, three).
-INPUT_REDUCE_BLOCK, INPUT_REDUCE_ROWS = 1024, 32
+# 4 or 8 warps: at most 8 dW elements per thread, 2 splits' loads in flight, so the reduction
+# adds few registers to the GEMM tiles' (sm_90, 64 x 64 at 4 warps: 70 -> 87, still four CTAs
+# an SM; 2048 elements took 161, three; 4 splits spilled 4 bytes of the float32 32 x 32 tile
+# under Triton 3.8); dbias row by row, 8 rows' loads at a time.
+INPUT_REDUCE_BLOCK, INPUT_REDUCE_SPLITS, INPUT_REDUCE_ROWS = 1024, 2, 8
 
 # Registers per thread the backward_weight kernel is assumed to take (its 8-warp tiles take 122-234
 # on sm_90, `unet-fast kernels`: one program per SM), and what an SM holds: they decide how many of

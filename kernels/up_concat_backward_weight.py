@@ -230,14 +230,17 @@ def sum_weight_partials(
     COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA,
     sdwc, sdwo, sdwd, sdwh, sdww, sdb,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-    SPLIT_STEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
+    SPLIT_STEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr, BIAS_TREE: tl.constexpr,
 ):
     """Program `pid` of the fixed-order reduction of the weight-gradient partials: below
     cdiv(E, BLOCK) it sums BLOCK dW elements over the splits s = 0, 1, ... in order, SPLIT_STEP
     splits' loads issued together (their latency overlaps; the adds stay in order); the next
-    cdiv(COUT, BLOCK_O) each sum dbias for BLOCK_O channels: BLOCK_S (split, tap) rows at a time
-    added elementwise, then one tree sum over the rows. Same inputs, same bits: no atomics.
-    Arguments as up_concat_weight_reduce_kernel's."""
+    cdiv(COUT, BLOCK_O) each sum dbias for BLOCK_O channels over the (split, tap) rows, BLOCK_S
+    rows' loads at a time. BIAS_TREE: the rows of a step are added elementwise, then one tree sum
+    over the rows at the end (few steps however many rows: the kernel of its own); else row by
+    row in order (no cross-warp sum: its shared-memory scratch changed the code Triton 3.8
+    generates for backward_input's K loop, which this shares a kernel with: +9 instructions a
+    step). Same inputs, same bits: no atomics. Arguments as up_concat_weight_reduce_kernel's."""
     T: tl.constexpr = KD * KH * KW
     n_w = tl.cdiv(E, BLOCK)
     if pid < n_w:
@@ -258,17 +261,27 @@ def sum_weight_partials(
         # Names differ from the branch above: the compiler wants one type per name across branches.
         ob = (pid - n_w) * BLOCK_O + tl.arange(0, BLOCK_O)
         mask_ob = ob < COUT
-        sums = tl.zeros((BLOCK_S, BLOCK_O), dtype=db_part_ptr.dtype.element_ty)
         # dbias comes from Cin tile 0, whose tile index is its column tile.
         rows = (S_LO + (R_EXTRA > 0).to(tl.int32)) * T
-        for r0 in range(0, rows, BLOCK_S):
-            r = r0 + tl.arange(0, BLOCK_S)
-            sr = r // T
-            tap_r = r - sr * T
-            n_split_r = S_LO + ((tap_r[:, None] * COUT_P + ob[None, :]) // TILE_N < R_EXTRA).to(tl.int32)
-            sums += tl.load(db_part_ptr + r[:, None] * COUT + ob[None, :],
-                            mask=(sr[:, None] < n_split_r) & mask_ob[None, :], other=0.0)
-        tl.store(db_ptr + ob * sdb, tl.sum(sums, axis=0).to(db_ptr.dtype.element_ty), mask=mask_ob)
+        if BIAS_TREE:
+            sums = tl.zeros((BLOCK_S, BLOCK_O), dtype=db_part_ptr.dtype.element_ty)
+            for r0 in range(0, rows, BLOCK_S):
+                r = r0 + tl.arange(0, BLOCK_S)
+                sr = r // T
+                tap_r = r - sr * T
+                n_split_r = S_LO + ((tap_r[:, None] * COUT_P + ob[None, :]) // TILE_N < R_EXTRA).to(tl.int32)
+                sums += tl.load(db_part_ptr + r[:, None] * COUT + ob[None, :],
+                                mask=(sr[:, None] < n_split_r) & mask_ob[None, :], other=0.0)
+            db = tl.sum(sums, axis=0)
+        else:
+            db = tl.zeros((BLOCK_O,), dtype=db_part_ptr.dtype.element_ty)
+            for r0 in range(0, rows, BLOCK_S):
+                for i in tl.static_range(BLOCK_S):
+                    sr = (r0 + i) // T
+                    tap_r = r0 + i - sr * T
+                    n_split_r = S_LO + ((tap_r * COUT_P + ob) // TILE_N < R_EXTRA).to(tl.int32)
+                    db += tl.load(db_part_ptr + (r0 + i) * COUT + ob, mask=(sr < n_split_r) & mask_ob, other=0.0)
+        tl.store(db_ptr + ob * sdb, db.to(db_ptr.dtype.element_ty), mask=mask_ob)
 
 
 @triton.jit
@@ -283,7 +296,7 @@ def up_concat_weight_reduce_kernel(
     # Strides of dw along c, o, td, th, tw; of db.
     sdwc, sdwo, sdwd, sdwh, sdww, sdb,
     # Meta-parameters: taps per axis; whether db is summed; dW elements per program and splits
-    # loaded at once; dbias tile (BLOCK_S rows (split, tap) x BLOCK_O channels).
+    # loaded at once; dbias tile (BLOCK_S rows (split, tap) x BLOCK_O channels), tree-summed.
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
     SPLIT_STEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
@@ -291,4 +304,4 @@ def up_concat_weight_reduce_kernel(
     programs first in its backward_input launch): sum_weight_partials."""
     sum_weight_partials(tl.program_id(0), dw_part_ptr, db_part_ptr, dw_ptr, db_ptr,
                         COUT, COUT_P, E, N_COL, TILE_M, TILE_N, S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb,
-                        KD, KH, KW, HAS_BIAS, BLOCK, SPLIT_STEP, BLOCK_S, BLOCK_O)
+                        KD, KH, KW, HAS_BIAS, BLOCK, SPLIT_STEP, BLOCK_S, BLOCK_O, True)

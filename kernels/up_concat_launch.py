@@ -21,8 +21,8 @@ from ..ops.layout import channel_slices, new_buffer, output_memory_format, step_
 from ..ops.relu_mask import mask_parts, pack_relu_mask
 from .byte_model import fused_backward_splits as _fused_splits, weight_grad_layout
 from .common import interpreting
-from .configs import (INPUT_REDUCE_BLOCK, INPUT_REDUCE_ROWS, REDUCE_BLOCK, REDUCE_CHANNELS, REDUCE_ROWS,
-                      REDUCE_SPLITS, REDUCE_WARPS, channels_last_operand, device_limits, fixed_tile,
+from .configs import (INPUT_REDUCE_BLOCK, INPUT_REDUCE_ROWS, INPUT_REDUCE_SPLITS, REDUCE_BLOCK, REDUCE_CHANNELS,
+                      REDUCE_ROWS, REDUCE_SPLITS, REDUCE_WARPS, channels_last_operand, device_limits, fixed_tile,
                       fused_backward_tile, operand_class, weight_grad_ctas_per_sm)
 
 _recorder = None
@@ -290,7 +290,7 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         *strides5(dx), *strides5(dskip), n_sum, *weight_sum.sizes,
         KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
         FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
-        HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=REDUCE_SPLITS, SUM_ROWS=INPUT_REDUCE_ROWS,
+        HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=INPUT_REDUCE_SPLITS, SUM_ROWS=INPUT_REDUCE_ROWS,
         SUM_CHANNELS=REDUCE_CHANNELS,
     )
     return dx, dskip, dweight, dbias
