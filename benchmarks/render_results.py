@@ -69,9 +69,10 @@ def static_section(doc) -> list:
           f"{meta['date']}; spill bound {meta['max_spill']} bytes; problems: {len(meta['problems'])}. "
           f"Command: `unet-fast kernels {arches} --json benchmarks/{doc['file']}`.", "",
           "Every step of the report together (2-D and 3-D); the byte model's worst ratio of bytes moved to "
-          "the compulsory floor is modelled, not measured. weight_reduce's own floor is dW alone (kilobytes): "
-          "its ratio reads large; the partials it sums (of backward_weight, or of backward_fused, the one-pass "
-          "backward of a step without ReLU) count in the per-step modelled times of `unet-fast kernels`.", "",
+          "the compulsory floor is modelled, not measured. weight_reduce (after backward_fused, the one-pass "
+          "backward of a step without ReLU) has dW alone as its own floor (kilobytes): its ratio reads large; the "
+          "partials it sums count in the per-step modelled times of `unet-fast kernels`. backward_weight's "
+          "partials are summed by backward_input's first programs.", "",
           "| arch | kernel | dtype | layout | rows | max registers | max spill stores (B) | "
           "max shared / limit (B) | tensor cores | cp.async | widest ld / st (B) | scalar 16-bit loads | atomics | "
           "worst x floor |",

@@ -71,10 +71,10 @@ def up_concat_backward_input_kernel(
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    # The reduction's: dbias summed; dW elements per program, splits loaded at once; dbias
-    # channels per program and (split, tap) rows loaded at once.
-    HAS_BIAS: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_SPLITS: tl.constexpr, SUM_ROWS: tl.constexpr,
-    SUM_CHANNELS: tl.constexpr,
+    # The reduction's: whether this launch runs it; dbias summed; dW elements per program, splits
+    # loaded at once; dbias channels per program and (split, tap) rows loaded at once.
+    SUM_PARTIALS: tl.constexpr, HAS_BIAS: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_SPLITS: tl.constexpr,
+    SUM_ROWS: tl.constexpr, SUM_CHANNELS: tl.constexpr,
 ):
     """One program: a share of the weight gradient's reduction (the first N_SUM), a dx tile
     (row block, Cin tile) over K = T*COUT, or a dskip copy tile."""
@@ -87,9 +87,10 @@ def up_concat_backward_input_kernel(
                                          n_ci, BLOCK_M, BLOCK_N)
 
     if pid < N_SUM:
-        sum_weight_partials(pid, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, COUT, COUT_P, E, N_COL, TILE_M, TILE_N,
-                            S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb, KD, KH, KW, HAS_BIAS, SUM_BLOCK,
-                            SUM_SPLITS, SUM_ROWS, SUM_CHANNELS, False)
+        if SUM_PARTIALS:  # else N_SUM is 0 and the code is left out
+            sum_weight_partials(pid, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, COUT, COUT_P, E, N_COL, TILE_M,
+                                TILE_N, S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb, KD, KH, KW, HAS_BIAS,
+                                SUM_BLOCK, SUM_SPLITS, SUM_ROWS, SUM_CHANNELS, False)
     elif col < n_ci:
         offs_c = col * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_c = offs_c < CIN

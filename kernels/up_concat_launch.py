@@ -238,7 +238,8 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     Without a ReLU, when grad holds the upsampled channels alone (no skip channels: the op's
     autograd passes that slice) and a tile takes the step, the one-pass backward runs
     (launch_fused_backward) instead. Otherwise backward_weight runs first, then backward_input,
-    whose first programs sum the former's partials (stream order makes them visible)."""
+    whose first programs sum the former's partials (stream order makes them visible; before
+    Hopper weight_reduce does, after it: sums_in_backward_input)."""
     relu = out is not None or bits is not None
     n, cin = x.shape[:2]
     cout = weight.shape[1]
@@ -275,7 +276,8 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     dweight, dbias, weight_sum = launch_weight_grad(grad, grad, conv_bits, x, weight, relu=relu, has_bias=has_bias,
                                                     conv_c0=conv_c0, math=math, tiles=tiles)
     sum_block = input_reduce_block()
-    n_sum = weight_sum.programs(sum_block)
+    sums_here = sums_in_backward_input()
+    n_sum = weight_sum.programs(sum_block) if sums_here else 0
 
     def input_grid(meta):
         bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
@@ -290,10 +292,20 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         *strides5(dx), *strides5(dskip), n_sum, *weight_sum.sizes,
         KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
         FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
-        HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=INPUT_REDUCE_SPLITS, SUM_ROWS=INPUT_REDUCE_ROWS,
-        SUM_CHANNELS=REDUCE_CHANNELS,
+        SUM_PARTIALS=sums_here, HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=INPUT_REDUCE_SPLITS,
+        SUM_ROWS=INPUT_REDUCE_ROWS, SUM_CHANNELS=REDUCE_CHANNELS,
     )
+    if not sums_here:
+        launch_weight_reduce(weight_sum)
     return dx, dskip, dweight, dbias
+
+
+def sums_in_backward_input() -> bool:
+    """Whether backward_input's first programs sum the weight gradient's partials (one launch
+    fewer) rather than a weight_reduce launch after it: on sm_90 and newer, and under the
+    interpreter. Before Hopper the sum's code beside the 16-bit 128 x 128 tile made ptxas (Triton
+    3.6, sm_80) keep 128 registers for two CTAs an SM and spill 4 bytes; without it, 133 and none."""
+    return interpreting() or device_limits()[0] >= 90
 
 
 def input_reduce_block() -> int:
@@ -366,11 +378,10 @@ def weight_grad_buffers(x, weight, slots: int, has_bias: bool) -> tuple:
 class WeightSum:
     """The fixed-order sum of the weight-gradient partials into dweight and dbias
     (kernels/up_concat_backward_weight.py sum_weight_partials), as arguments: `pointers` and
-    `sizes` (after COUT) in the order the kernels take them, `programs(block)` for block dW
-    elements a program.
-    Nothing to sum (no programs) when `direct` left dweight written and there is no bias. The
-    split layout (n_col column tiles of block_n over taps * cout_p columns, Cin tiles of block_m,
-    s_lo splits and r_extra tiles with one more) is the partials' writer's."""
+    `sizes` (after COUT) in the order the kernels take them, and `programs(block)`, the grid it
+    takes at `block` dW elements a program: none when `direct` left dweight written and there is
+    no bias. The split layout (n_col column tiles of block_n over taps * cout_p columns, Cin tiles
+    of block_m, s_lo splits and r_extra tiles with one more) is the partials' writer's."""
 
     def __init__(self, dw_part, db_part, dweight, dbias, *, cout, cout_p, has_bias, direct, n_col, block_m, block_n,
                  s_lo, r_extra):

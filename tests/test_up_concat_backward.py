@@ -124,6 +124,21 @@ def test_triton_backward_runs_its_kernels(monkeypatch):
     assert launches == ["up_concat_backward_weight_kernel", "up_concat_backward_input_kernel"]
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_before_hopper_the_weight_gradient_is_summed_in_a_launch_of_its_own(monkeypatch, bias):
+    """Where backward_input leaves the partials alone (before sm_90: sums_in_backward_input), the
+    weight_reduce kernel sums them after it, and the gradients are the reference's all the same."""
+    from unet_fast.kernels import up_concat_backward as bwd_module
+    from unet_fast.kernels import up_concat_launch
+
+    select_path(monkeypatch, "triton")
+    monkeypatch.setattr(up_concat_launch, "sums_in_backward_input", lambda: False)
+    launches = spy_on_triton_launches(monkeypatch, bwd_module, "backward")
+    grads_against_reference(make_inputs(2, 5, 6, 7, 3, 4, torch.float32, bias=bias), True, torch.float32)
+    assert launches == ["up_concat_backward_weight_kernel", "up_concat_backward_input_kernel",
+                        "up_concat_weight_reduce_kernel"]
+
+
 def _drop_relu_mask(monkeypatch, path, part):
     """Plant the bug the backward tests exist to catch: the backward ignores the ReLU mask of
     `part` ("conv": gy, the convolution channels' gradient; "skip"; "both")."""
