@@ -15,6 +15,7 @@ import os
 import sys
 
 from unet_fast import names
+from unet_fast.kernels.time_model import percent_shown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -106,7 +107,7 @@ def modelled_steps(doc, dtype="bf16", layout="channels_last") -> list:
           "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['step']} | {r['direction']} | {r['floor_us']:.1f} | {r['fused_us']:.1f} | "
-                  f"{r['pct_of_floor']:.1f}% | {r['eager_us']:.1f} | {r['compile_us']:.1f} |")
+                  f"{percent_shown(r['pct_of_floor'])} | {r['eager_us']:.1f} | {r['compile_us']:.1f} |")
     return md
 
 

@@ -120,12 +120,22 @@ def weight_grad_layout(tiles: int, blocks: int, sms: int, ctas_per_sm: int = 1) 
     that the grid (tiles * S_LO + R_EXTRA programs) is the fewest whole waves holding every tile and
     WEIGHT_GRAD_PROGRAMS_PER_SM programs per SM; no range under WEIGHT_GRAD_MIN_BLOCKS of the
     `blocks` pixel blocks, but two ranges a tile at least where there are two blocks. The
-    launcher's rule."""
+    launcher's rule.
+
+    A grid of one wave runs every program at once and ends with its longest range, cdiv(blocks,
+    S_LO): from two ranges a tile it takes the fewest that keep that longest range, and no extra
+    ones (a tile's extra range shortens that tile's ranges, not the kernel, and adds a partial to
+    write and sum: up3's 132 programs become 128). With one range a tile the extra ones stay: they
+    keep every tile on partials (16-byte stores, where a grid of single ranges stores dW itself,
+    element by element). Across waves they even out the last wave."""
     wave = sms * ctas_per_sm
     programs = cdiv(max(tiles, WEIGHT_GRAD_PROGRAMS_PER_SM * sms), wave) * wave
     ranges = max(min(2, blocks), blocks // WEIGHT_GRAD_MIN_BLOCKS)
     programs = max(tiles, min(programs, tiles * ranges))
-    return programs // tiles, programs % tiles
+    s_lo, r_extra = programs // tiles, programs % tiles
+    if programs <= wave and s_lo >= 2:
+        return cdiv(blocks, cdiv(blocks, s_lo)), 0
+    return s_lo, r_extra
 
 
 def fused_backward_splits(c_tiles: int, blocks: int, sms: int) -> int:
@@ -185,10 +195,12 @@ def weight_sum_bytes(step, weight_tile, fused, has_bias: bool, w: float, bias: f
 
 
 def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = True,
-                 weight_stride1: bool = False, tile=None) -> dict:
+                 weight_stride1: bool = False, tile=None, sums_partials: bool = True) -> dict:
     """{moved, floor, l2_bytes, ratio, h100_us (lo, hi), h200_us (lo, hi)} of one kernel launch
     of `step` with `elem`-byte tensors (the partials are fp32). relu=None takes the step's own.
-    weight_stride1: the weight is already stride-1 along Cout (channels_last), so no repack."""
+    weight_stride1: the weight is already stride-1 along Cout (channels_last), so no repack.
+    sums_partials: backward_input's launch sums the weight gradient's partials (from Hopper on;
+    before it weight_reduce does, after backward_input)."""
     relu = step.relu if relu is None else relu
     if tile is None and kernel == "backward_fused":
         tile = fused_tile(step, False)
@@ -216,11 +228,12 @@ def kernel_bytes(kernel: str, step, elem: int = 2, relu=None, has_bias: bool = T
     elif kernel == "backward_input":
         # Reads grad and the mask bits the forward wrote (upsampled channels once per Cin tile).
         # Without a ReLU the skip channels' gradient is a view of grad: no copy programs. Its first
-        # programs sum the weight gradient's partials (weight_sum_bytes).
+        # programs sum the weight gradient's partials (weight_sum_bytes) where `sums_partials`.
         bn = narrow_tile(bn, step.cin)
         conv_bits = mout * step.cout / 8 if relu else 0
         skip_copy = 2 * sk if relu else 0
-        sum_moved, sum_floor, sum_l2 = weight_sum_bytes(step, weight_grad_tile(step), None, has_bias, w, bias)
+        sum_moved, sum_floor, sum_l2 = (weight_sum_bytes(step, weight_grad_tile(step), None, has_bias, w, bias)
+                                        if sums_partials else (0, 0, 0))
         moved = up + mask_bits + w + x + skip_copy + sum_moved
         floor = up + mask_bits + w + x + skip_copy + sum_floor
         l2 = ((up + conv_bits) * cdiv(step.cin, bn) + skip_copy + (mask_bits - conv_bits) + w * cdiv(m, bm) + x

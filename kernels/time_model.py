@@ -20,6 +20,8 @@ each pass max(bytes / DRAM_BANDWIDTH, flops / TENSOR_FLOPS) + LAUNCH_S.
 benchmarks/NOTES.md ("Time model") states these assumptions and the profiler metrics that would
 check them on a GPU.
 """
+import math
+
 from .byte_model import cdiv, step_floor
 
 # H100 SXM (sm_90).
@@ -206,6 +208,12 @@ def floor_seconds(step, direction: str, elem: int = 2, relu=None, has_bias: bool
     if direction == "full":
         return sum(floor_seconds(step, d, elem, relu, has_bias) for d in ("forward", "backward"))
     return step_floor(step, direction, elem, relu, has_bias) / DRAM_BANDWIDTH
+
+
+def percent_shown(pct: float) -> str:
+    """A step's percentage of its floor to one decimal, rounded down: a figure shown as 60.0% is
+    60% or more (59.9987% shows as 59.9%)."""
+    return f"{math.floor(pct * 10) / 10:.1f}%"
 
 
 def step_table_row(step, direction: str, fused_seconds: float, elem: int = 2, dtype: str = "bf16",

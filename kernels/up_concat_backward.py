@@ -83,7 +83,7 @@ def up_concat_backward_input_kernel(
     n_ci = tl.cdiv(CIN, BLOCK_N)
     dhw = DHW
     pid = tl.program_id(0)
-    pid_m, col, q, n_copy = program_role(tl.maximum(pid - N_SUM, 0), NIMG * tl.cdiv(dhw, BLOCK_M), NIMG, SKIP_PIX, CS,
+    pid_m, col, q, n_copy = program_role(pid - N_SUM, NIMG * tl.cdiv(dhw, BLOCK_M), NIMG, SKIP_PIX, CS,
                                          n_ci, BLOCK_M, BLOCK_N)
 
     if pid < N_SUM:

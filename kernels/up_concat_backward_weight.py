@@ -9,7 +9,7 @@ small Cout (T * COUT_P <= BLOCK_N) puts every tap in one program, and no group o
 mask byte) spans two taps. Program g of the grid is split g // N_TILES
 of tile g % N_TILES (tile = Cin tile x column tile, column tiles fastest: the programs side by
 side read the same pixels, x and gy from DRAM once, then L2); tile t has S_LO splits, one more
-when t < R_EXTRA, so the grid can be whole waves of the device whatever the tile count. Split s
+when t < R_EXTRA, so a grid of several waves can fill its last one. Split s
 of a tile with S splits covers the pixel blocks [s * NBLK // S, (s + 1) * NBLK // S).
 
 The K loop's offsets: with BLOCK_W > 0 (the launcher checks W % BLOCK_W == 0 and

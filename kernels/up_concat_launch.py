@@ -193,8 +193,9 @@ MODELLED_SMS = 132
 def weight_grad_splits(blocks: int, tiles: int, device: torch.device, ctas_per_sm: int = 1) -> tuple:
     """(S_LO, R_EXTRA): the weight gradient's `tiles` tiles take S_LO pixel ranges each, the first
     R_EXTRA one more, over `blocks` pixel blocks. On a GPU, byte_model.weight_grad_layout: the grid
-    is the fewest whole waves of `ctas_per_sm` programs on every SM that hold every tile (no wave
-    with idle SMs), so the partials stay few and are read back from L2. The interpreter takes two
+    is the fewest whole waves of `ctas_per_sm` programs on every SM that hold every tile, a single
+    wave as few ranges a tile as keep its longest range, so the partials stay few and are read
+    back from L2. The interpreter takes two
     ranges per tile and one tile three, so tests cover both kinds; a compile without a GPU models
     MODELLED_SMS."""
     if WEIGHT_GRAD_SPLITS is not None:

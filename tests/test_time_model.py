@@ -116,6 +116,13 @@ def test_eager_and_compile_bytes_of_the_deep_2d_step():
     assert tm.pass_time(2 * (y + skip)) == pytest.approx(2 * (y + skip) / 3.0e12 + 4e-6)
 
 
+def test_percent_of_floor_is_shown_rounded_down():
+    """A figure shown as 60.0% is at least 60%: 59.9987% (up3's backward at 154.96 us of a 92.97 us
+    floor) shows as 59.9%."""
+    assert tm.percent_shown(100 * 92.97390933 / 154.95987200) == "59.9%"
+    assert [tm.percent_shown(p) for p in (60.0, 86.66, 100.0, 7.449)] == ["60.0%", "86.6%", "100.0%", "7.4%"]
+
+
 def test_step_table_row_compares_against_the_floor():
     up1 = STEPS["up1"]
     floor = byte_model.step_floor(up1, "forward") / 3.0e12
@@ -199,7 +206,15 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     assert byte_model.weight_grad_splits(STEPS["3d5"], (256, 128, 32)) == (40, 2, 0)
     assert byte_model.weight_grad_layout(40, 12, 132) == (3, 0)    # 12 blocks: ranges of 4
     assert byte_model.weight_grad_layout(40, 1, 132) == (1, 0)     # 1 block: dW stored directly
-    assert byte_model.weight_grad_layout(16, 32768, 132) == (8, 4)  # up3: 8 ranges a tile, 4 tiles 9
+    # up3's 16 tiles: 8 ranges each; a ninth on 4 of them (132 programs) would shorten theirs, not
+    # the longest. Several waves: the extra ranges fill the last one.
+    assert byte_model.weight_grad_layout(16, 1024, 132) == (8, 0)
+    assert byte_model.weight_grad_layout(16, 1000, 132) == (8, 0)   # 125 blocks the longest: 8 ranges
+    assert byte_model.weight_grad_layout(40, 1000, 132) == (3, 0)   # 132 // 40 = 3: 334 blocks
+    assert byte_model.weight_grad_layout(13, 100, 132) == (10, 0)   # 132 // 13 = 10: 10 blocks
+    assert byte_model.weight_grad_layout(12, 90, 132) == (10, 0)    # 11 ranges, 9 blocks: 10 keep 9
+    assert byte_model.weight_grad_layout(200, 1000, 132) == (1, 64)  # 264 programs, two waves
+    assert byte_model.weight_grad_layout(200, 4, 132, 2) == (1, 64)  # one wave, every tile on partials
     # Partials, fp32, one [Cin, T, Cout] and one [T, Cout] per split.
     assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (4 * 128 * 4 * 64 * 132, 4 * 4 * 64 * 132)
     assert byte_model.weight_grad_partials(up1, (128, 256, 32), True) == (17301504, 135168)
@@ -220,6 +235,10 @@ def test_weight_gradient_split_and_kernel_bytes_of_up1_and_3d1_by_hand():
     assert backward_input["moved"] == 973144064 + w + bias
     assert backward_input["l2_bytes"] == (up + conv_bits + 2 * skip + (mask - conv_bits) + w * 4096 + x
                                           + 17301504 + 135168 + w + bias)  # 4096 row blocks of 128 pixels
+    # Before Hopper the launch leaves the sum to weight_reduce: neither its bytes nor its floor.
+    alone = byte_model.kernel_bytes("backward_input", up1, sums_partials=False)
+    assert alone["moved"] == alone["floor"] == up + skip + mask + w + x + skip == 973144064
+    assert alone["l2_bytes"] == backward_input["l2_bytes"] - (17301504 + 135168 + w + bias)
     # Without a ReLU, no copy programs: grad's upsampled channels, w, dx (and dW, dbias).
     unmasked = byte_model.kernel_bytes("backward_input", up1, relu=False)
     assert unmasked["moved"] == unmasked["floor"] == up + w + x + w + bias

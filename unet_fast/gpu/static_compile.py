@@ -192,15 +192,25 @@ def _modelled_relu(row) -> bool:
     return bool(row.get("step_relu")) if row["kernel"] == "weight_reduce" else row["relu"]
 
 
+def _tile(kwargs):
+    return (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
+
+
+def modelled_bytes(row, step, kwargs) -> dict:
+    """byte_model.kernel_bytes of a compiled row: its kernel, dtype, ReLU, bias and tile, and
+    whether its launch sums the weight gradient's partials (backward_input's SUM_PARTIALS)."""
+    from unet_fast.kernels import byte_model
+    elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
+    return byte_model.kernel_bytes(row["kernel"], step, elem, relu=_modelled_relu(row), has_bias=row["has_bias"],
+                                   tile=_tile(kwargs), sums_partials=bool(kwargs.get("SUM_PARTIALS", True)))
+
+
 def byte_model_columns(row, kwargs) -> dict:
     """moved / floor bytes of the row's kernel for its step and tile (MODELLED, NOT MEASURED)."""
     from unet_fast.kernels import byte_model
     if _current_step is None or row["kernel"] not in byte_model.KERNELS:
         return {}
-    elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
-    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
-    m = byte_model.kernel_bytes(row["kernel"], _current_step, elem, relu=_modelled_relu(row), has_bias=row["has_bias"],
-                                tile=tile)
+    m = modelled_bytes(row, _current_step, kwargs)
     return dict(moved_mb=m["moved"] / 1e6, floor_mb=m["floor"] / 1e6, x_floor=m["ratio"] if m["floor"] else None,
                 h100_us="{:.1f}-{:.1f}".format(*m["h100_us"]), h200_us="{:.1f}-{:.1f}".format(*m["h200_us"]))
 
@@ -244,10 +254,8 @@ def time_model_columns(row, step, kwargs, sass, launch_args, capability) -> dict
     total, loop = sass or (0, None)
     if loop:
         cols.update(k_loop=loop["instructions"], per_64cube=loop["per_64cube"])
-    elem = names.DTYPES[row["dtype"]][0].itemsize if row.get("dtype") in names.DTYPES else 2
-    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) if "BLOCK_M" in kwargs else None
-    m = byte_model.kernel_bytes(row["kernel"], step, elem, relu=_modelled_relu(row), has_bias=row["has_bias"],
-                                tile=tile)
+    tile = _tile(kwargs)
+    m = modelled_bytes(row, step, kwargs)
     cols["l2_mb"] = m["l2_bytes"] / 1e6
     gemm = dict(gemm_programs=0)
     if tile is not None:  # a GEMM kernel without a tensor-core loop (fp32 without TF32) is not modelled
