@@ -195,9 +195,8 @@ def weight_grad_splits(blocks: int, tiles: int, device: torch.device, ctas_per_s
     R_EXTRA one more, over `blocks` pixel blocks. On a GPU, byte_model.weight_grad_layout: the grid
     is the fewest whole waves of `ctas_per_sm` programs on every SM that hold every tile, a single
     wave as few ranges a tile as keep its longest range, so the partials stay few and are read
-    back from L2. The interpreter takes two
-    ranges per tile and one tile three, so tests cover both kinds; a compile without a GPU models
-    MODELLED_SMS."""
+    back from L2. The interpreter takes two ranges per tile and one tile three, so tests cover
+    both kinds; a compile without a GPU models MODELLED_SMS."""
     if WEIGHT_GRAD_SPLITS is not None:
         return max(1, min(blocks, WEIGHT_GRAD_SPLITS)), 0
     if device.type == "cuda":
