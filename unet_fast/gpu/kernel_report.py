@@ -38,6 +38,7 @@ import sys
 from unet_fast import names
 from unet_fast.cli import non_negative_int
 from unet_fast.errors import InputError
+from unet_fast.kernels.time_model import percent_shown
 from unet_fast.workflow.atomic_write import atomic_write_text, check_report_file
 
 DTYPE_CHOICES = ("fp32", "tf32", "bf16", "fp16")
@@ -55,9 +56,10 @@ COLUMNS = (("kernel", "{}"), ("case", "{}"), ("dtype", "{}"), ("layout", "{}"), 
            ("moved_mb", "{:.1f}"), ("floor_mb", "{:.1f}"), ("x_floor", "{:.2f}"), ("h100_us", "{}"),
            ("h200_us", "{}"), ("programs", "{}"), ("ctas_per_sm", "{}"), ("waves", "{}"), ("k_loop", "{}"),
            ("per_64cube", "{:.0f}"), ("l2_mb", "{:.1f}"), ("bound", "{}"), ("modelled_us", "{:.1f}"))
-# The percentage of the floor (format None) is time_model.percent_shown's: rounded down.
-STEP_COLUMNS = (("step", "{}"), ("dtype", "{}"), ("layout", "{}"), ("direction", "{}"), ("floor_us", "{:.1f}"),
-                ("fused_us", "{:.1f}"), ("pct_of_floor", None), ("eager_us", "{:.1f}"), ("compile_us", "{:.1f}"))
+# Each column's formatter; the percentage of the floor is rounded down (percent_shown).
+STEP_COLUMNS = (("step", str), ("dtype", str), ("layout", str), ("direction", str), ("floor_us", "{:.1f}".format),
+                ("fused_us", "{:.1f}".format), ("pct_of_floor", percent_shown), ("eager_us", "{:.1f}".format),
+                ("compile_us", "{:.1f}".format))
 SIXTEEN_BIT = ("bf16", "fp16")
 # The fused op's backward launches: the two-kernel backward (backward_input sums the weight
 # gradient's partials itself), or the one-pass backward of a step without ReLU and weight_reduce,
@@ -155,8 +157,7 @@ def step_table(rows, cases) -> list:
 
 def format_step_table(table) -> str:
     head = [name for name, _ in STEP_COLUMNS]
-    from unet_fast.kernels.time_model import percent_shown
-    cells = [[percent_shown(r[k]) if fmt is None else fmt.format(r[k]) for k, fmt in STEP_COLUMNS] for r in table]
+    cells = [[fmt(r[k]) for k, fmt in STEP_COLUMNS] for r in table]
     widths = [max(len(c) for c in col) for col in zip(head, *cells)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
