@@ -46,6 +46,26 @@ def interpreter_problem():
     return None
 
 
+# Programmatic dependent launch (sm_90 and newer): a kernel launched with Triton's `launch_pdl`
+# option may start while the kernel before it on the stream still runs, once every program of
+# that one has let it (or ended). Its programs then read what that kernel wrote only after
+# wait_for_previous_kernel, which returns once it has completed and its writes are visible.
+# Both are constexpr-gated: left out of the compiled code where the launch is an ordinary one,
+# and of the interpreter's run (it has no griddepcontrol).
+@triton.jit
+def let_next_kernel_start(ENABLED: tl.constexpr):
+    """The primary's half: the next kernel, if launched as a dependent, may start now."""
+    if ENABLED:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_previous_kernel(ENABLED: tl.constexpr):
+    """The dependent's half: blocks until the kernel before this launch has completed."""
+    if ENABLED:
+        tl.extra.cuda.gdc_wait()
+
+
 @triton.jit
 def tile_product(a, b, acc, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc + a @ b for a [M, K] and b [K, N] tile, accumulating in acc's dtype."""

@@ -1,7 +1,8 @@
 """Time model of the up_concat kernels, and of the eager and torch.compile decoder step, on an H100 SXM.
 
 MODELLED, NOT MEASURED. Pure arithmetic (no torch, no Triton at import), like byte_model.py.
-A kernel's modelled time is the largest of four bounds, plus a launch:
+A kernel's modelled time is the largest of four bounds, plus a launch (less for a programmatic
+dependent: DEPENDENT_LAUNCH_S):
   - DRAM: the bytes of byte_model.kernel_bytes (`moved`) at DRAM_BANDWIDTH;
   - L2: the bytes the programs request from L2 (byte_model's `l2_bytes`, every re-read included)
     at L2_BANDWIDTH;
@@ -33,6 +34,11 @@ L2_BANDWIDTH = 7.0e12     # L2 -> SM (6.5-9 TB/s quoted; the low-middle of it)
 # Dense tensor-core rate, achievable (bf16/fp16: 989 TFLOP/s peak; tf32: 495 peak).
 TENSOR_FLOPS = {"bf16": 800e12, "fp16": 800e12, "tf32": 400e12}
 LAUNCH_S = 4e-6           # per kernel, launched back to back on one stream (3-5 us)
+# A programmatic dependent launch (sm_90+: backward_input after the weight gradient, which lets it
+# start at once) is launched while the kernel before it runs, and its programs that read nothing
+# that kernel writes take SMs as its programs end: its launch and ramp overlap that kernel. Left:
+# the wait of its first programs (the sum of the partials) for that kernel's end and memory flush.
+DEPENDENT_LAUNCH_S = 1e-6
 SCHEDULERS = 4            # warp schedulers per SM, each issuing at most 1 warp-instruction a cycle
 # Share of issue slots a scheduler fills with this many resident warps. A warp waits 4-6 cycles
 # on a dependent ALU result and far longer on shared memory or a tensor-core wait; the compiler's
@@ -124,10 +130,11 @@ def gemm_programs(kernel: str, step, tile, programs: int) -> int:
 def kernel_time(*, dram_bytes: float, l2_bytes: float, programs: int, gemm_programs: int = 0,
                 k_iterations: int = 0, loop_instructions: int = 0, loop_macs: int = 0,
                 outside_instructions: int = 0, warps: int, ctas: int, tensor_flops: float = TENSOR_FLOPS["bf16"],
-                sms: int = SMS) -> dict:
+                sms: int = SMS, dependent: bool = False) -> dict:
     """The four bounds of one launch (seconds), the binding one, and the modelled time with launch.
     loop_instructions: the K loop's SASS per warp; loop_macs: its multiply-adds for the whole CTA
-    per iteration; outside_instructions: the SASS outside the loop a program runs once (per warp)."""
+    per iteration; outside_instructions: the SASS outside the loop a program runs once (per warp);
+    dependent: a programmatic dependent launch (DEPENDENT_LAUNCH_S, not LAUNCH_S)."""
     copy_programs = programs - gemm_programs
     busiest_gemm = cdiv(gemm_programs, sms)           # a partial wave costs a whole one on its SMs
     busiest_copy = copy_programs / sms                 # the short copy programs fill the gaps
@@ -140,7 +147,8 @@ def kernel_time(*, dram_bytes: float, l2_bytes: float, programs: int, gemm_progr
     tensor = busiest_gemm * k_iterations * loop_macs * 2 / (tensor_flops / SMS)
     bounds = dict(dram=dram_bytes / DRAM_BANDWIDTH, l2=l2_bytes / L2_BANDWIDTH, issue=issue, tensor=tensor)
     bound = max(bounds, key=bounds.get)
-    return dict(bounds, bound=bound, warps_per_scheduler=per_scheduler, seconds=bounds[bound] + LAUNCH_S)
+    launch = DEPENDENT_LAUNCH_S if dependent else LAUNCH_S
+    return dict(bounds, bound=bound, warps_per_scheduler=per_scheduler, seconds=bounds[bound] + launch)
 
 
 def pass_time(nbytes: float, flops: float = 0.0, tensor_flops: float = TENSOR_FLOPS["bf16"]) -> float:

@@ -13,6 +13,9 @@ seen as the GEMM output unshuffled to [M, T*Cout] (see up_concat_forward.py for 
                    (sum_weight_partials). The launch after the weight gradient's sees every
                    partial written, as a separate reduction kernel would, one launch fewer: the
                    partials, written just before, are still in L2 when those first programs run.
+                   From Hopper on it is launched as the weight gradient's programmatic dependent
+                   (common.py): it may start while that kernel runs, its sum programs waiting
+                   for that kernel's end.
 The ReLU mask is read as bits (mask_bits.py), which the forward wrote (or the launcher packed from
 the saved output): 1 where out > 0 or out is NaN, threshold_backward's pass condition.
 """
@@ -20,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import (as_offset, copy_tile_coords, copy_tile_offsets, pixel_offset, program_role, row_block,
-                     spatial_coords, tap_offset, tile_product, up_pixel_offset)
+                     spatial_coords, tap_offset, tile_product, up_pixel_offset, wait_for_previous_kernel)
 from .configs import autotuned
 from .mask_bits import load_mask_bits, load_skip_bits
 from .up_concat_backward_weight import sum_weight_partials
@@ -75,6 +78,9 @@ def up_concat_backward_input_kernel(
     # loaded at once; dbias channels per program and (split, tap) rows loaded at once.
     SUM_PARTIALS: tl.constexpr, HAS_BIAS: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_SPLITS: tl.constexpr,
     SUM_ROWS: tl.constexpr, SUM_CHANNELS: tl.constexpr,
+    # Launched as a programmatic dependent of the weight gradient (common.py), which lets it start
+    # at once: the sum programs wait for it before they read its partials.
+    DEPENDENT: tl.constexpr,
 ):
     """One program: a share of the weight gradient's reduction (the first N_SUM), a dx tile
     (row block, Cin tile) over K = T*COUT, or a dskip copy tile."""
@@ -88,6 +94,7 @@ def up_concat_backward_input_kernel(
 
     if pid < N_SUM:
         if SUM_PARTIALS:  # else N_SUM is 0 and the code is left out
+            wait_for_previous_kernel(DEPENDENT)
             sum_weight_partials(pid, dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, COUT, COUT_P, E, N_COL, TILE_M,
                                 TILE_N, S_LO, R_EXTRA, sdwc, sdwo, sdwd, sdwh, sdww, sdb, KD, KH, KW, HAS_BIAS,
                                 SUM_BLOCK, SUM_SPLITS, SUM_ROWS, SUM_CHANNELS, False)
@@ -133,6 +140,10 @@ def up_concat_backward_input_kernel(
             g = tl.where(keep, g, tl.zeros_like(g))
         dst = copy_tile_offsets(img, offs_p, offs_c, sdsn, sdsc, sdsd, sdsh, sdsw, hs, ws, FLAT_SKIP)
         tl.store(dskip_ptr + dst, g.to(dskip_ptr.dtype.element_ty), mask=mask)
+    # Every program waits before it ends, so that this launch's end implies the weight gradient's
+    # (what runs after it on the stream may read dW, which that kernel writes directly in one
+    # split). dx and dskip programs reach it long after that kernel has ended.
+    wait_for_previous_kernel(DEPENDENT)
 
 
 up_concat_backward_input_kernel_autotuned = autotuned(up_concat_backward_input_kernel, "backward_input", "g_ptr", "sgc",

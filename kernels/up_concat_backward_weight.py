@@ -21,8 +21,8 @@ BLOCK_W = 0 takes the general per-pixel index math.
 import triton
 import triton.language as tl
 
-from .common import (as_offset, block_origin, next_block, origin_offsets, pixel_offset, row_block, spatial_coords,
-                     split_blocks, tap_offset, tile_product, up_pixel_offset)
+from .common import (as_offset, block_origin, let_next_kernel_start, next_block, origin_offsets, pixel_offset,
+                     row_block, spatial_coords, split_blocks, tap_offset, tile_product, up_pixel_offset)
 
 
 @triton.jit
@@ -148,16 +148,19 @@ def up_concat_backward_weight_kernel(
     # stored here in its dtype, no dw_part and no reduction of it; FLAT_X: x merges (d, h, w)
     # into one dimension of stride sxw; BLOCK_W: the pixel-block width of the strided path (0:
     # general path); COUT8: COUT % 8 == 0; tile-product settings; offset width; tile (BLOCK_M input channels x
-    # BLOCK_N columns, BLOCK_K pixels per step).
+    # BLOCK_N columns, BLOCK_K pixels per step); LET_NEXT_START: backward_input, launched next as
+    # a programmatic dependent, may start as soon as every program of this one has (common.py).
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     RELU: tl.constexpr, MASK_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
     FLAT_X: tl.constexpr, BLOCK_W: tl.constexpr, COUT8: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     IDX64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LET_NEXT_START: tl.constexpr,
 ):
     """Program g: split g // N_TILES of tile g % N_TILES. The programs of Cin tile 0 also sum
     dbias (db_part[s, t, o]); the others run a loop without it."""
+    # At once: backward_input's dx and dskip programs read nothing this kernel writes.
+    let_next_kernel_start(LET_NEXT_START)
     T: tl.constexpr = KD * KH * KW
     n_col = tl.cdiv(T * COUT_P, BLOCK_N)
     pid = tl.program_id(0)

@@ -239,7 +239,9 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     autograd passes that slice) and a tile takes the step, the one-pass backward runs
     (launch_fused_backward) instead. Otherwise backward_weight runs first, then backward_input,
     whose first programs sum the former's partials (stream order makes them visible; before
-    Hopper weight_reduce does, after it: sums_in_backward_input)."""
+    Hopper weight_reduce does, after it: sums_in_backward_input). From Hopper on backward_input
+    is the weight gradient's programmatic dependent (dependent_launches): its sum programs wait
+    for that kernel's end, its dx and dskip programs need not."""
     relu = out is not None or bits is not None
     n, cin = x.shape[:2]
     cout = weight.shape[1]
@@ -273,8 +275,10 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
     # The weight gradient first: backward_input's first programs sum its partials.
     # It reads the upsampled channels' part of the bits (MASK_BITS), never out.
     conv_bits = bits[:conv_bytes] if relu else torch.empty(1, dtype=torch.uint8, device=x.device)
+    dependent = dependent_launches()
     dweight, dbias, weight_sum = launch_weight_grad(grad, grad, conv_bits, x, weight, relu=relu, has_bias=has_bias,
-                                                    conv_c0=conv_c0, math=math, tiles=tiles)
+                                                    conv_c0=conv_c0, math=math, tiles=tiles,
+                                                    let_next_start=dependent)
     sum_block = input_reduce_block()
     sums_here = sums_in_backward_input()
     n_sum = weight_sum.programs(sum_block) if sums_here else 0
@@ -293,7 +297,8 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
         FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
         SUM_PARTIALS=sums_here, HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=INPUT_REDUCE_SPLITS,
-        SUM_ROWS=INPUT_REDUCE_ROWS, SUM_CHANNELS=REDUCE_CHANNELS,
+        SUM_ROWS=INPUT_REDUCE_ROWS, SUM_CHANNELS=REDUCE_CHANNELS, DEPENDENT=dependent,
+        **({"launch_pdl": True} if dependent else {}),
     )
     if not sums_here:
         launch_weight_reduce(weight_sum)
@@ -308,6 +313,15 @@ def sums_in_backward_input() -> bool:
     return interpreting() or device_limits()[0] >= 90
 
 
+def dependent_launches() -> bool:
+    """Whether backward_input is launched as a programmatic dependent of the weight gradient
+    (Triton's launch_pdl; kernels/common.py): on sm_90 and newer, where griddepcontrol exists, not
+    under the interpreter. The weight gradient lets it start at once; its dx and dskip programs,
+    which read nothing the weight gradient writes, then take SMs as that kernel's programs end,
+    and its launch overlaps that kernel's run instead of following it."""
+    return not interpreting() and device_limits()[0] >= 90
+
+
 def input_reduce_block() -> int:
     """dW elements per reduction program of backward_input: configs.INPUT_REDUCE_BLOCK; under the
     interpreter 32, so that the tests' small weights take several programs and a partial last one."""
@@ -315,13 +329,13 @@ def input_reduce_block() -> int:
 
 
 def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias: bool, conv_c0: int, math: dict,
-                       tiles):
+                       tiles, let_next_start: bool = False):
     """(dweight, dbias, WeightSum) of up_concat: the weight-gradient kernel, whose partials the
     returned WeightSum's programs must then sum into dweight and dbias. `bits` holds the ReLU mask
     of the upsampled channels ([M, T, cdiv(Cout, 8)] bytes; read when relu); `mask_src` stands in
     for the 16-bit output the kernel can read instead (no launcher does now); `math` is
     launch_backward's math settings with IDX64; `tiles` the fixed tiles of the dtype, or None for
-    the device's."""
+    the device's; `let_next_start`: the next launch is backward_input as a programmatic dependent."""
     n, cin = x.shape[:2]
     cout = weight.shape[1]
     kd, kh, kw = kernel_size(weight)
@@ -352,7 +366,8 @@ def launch_weight_grad(grad, mask_src, bits, x, weight, *, relu: bool, has_bias:
         n, d, h, w, d * h * w, cin, cout, cout_p, conv_c0, nb, gemm_tiles, s_lo, r_extra,
         *strides5(grad), *strides5(mask_src), *strides5(x), *dw_strides,
         KD=kd, KH=kh, KW=kw, RELU=relu, MASK_BITS=relu, HAS_BIAS=has_bias, DIRECT=direct,
-        FLAT_X=flat_pixels((x,), (d, h, w)), BLOCK_W=block_w, COUT8=cout % 8 == 0, **math, **tiles,
+        FLAT_X=flat_pixels((x,), (d, h, w)), BLOCK_W=block_w, COUT8=cout % 8 == 0, LET_NEXT_START=let_next_start,
+        **math, **tiles,
     )
     weight_sum = WeightSum(dw_part, db_part, dweight, dbias, cout=cout, cout_p=cout_p, has_bias=has_bias,
                            direct=direct, n_col=n_col, block_m=block_m, block_n=block_n, s_lo=s_lo, r_extra=r_extra)

@@ -6,7 +6,8 @@ Triton's interpreter runs @triton.jit helpers as plain Python, so a helper the c
 every interpreter test. Here the launchers' own launches of a 2-D and a 3-D step are compiled
 (not run) for sm_90 with IDX64 forced on, in a subprocess without TRITON_INTERPRET (conftest.py
 sets it in this process). The second test plants that old helper and checks the compile fails,
-so this test would have caught it.
+so this test would have caught it. The same compile shows the backward's two launches paired by
+programmatic dependent launch on sm_90, and not before Hopper.
 """
 import json
 import os
@@ -46,9 +47,16 @@ SCRIPT = textwrap.dedent('''
         kwargs = dict(kwargs, **configs[0])
         if "IDX64" in kwargs:
             kwargs["IDX64"] = True
-        row = dict(kernel=fn.__name__, idx64=kwargs.get("IDX64", False), error=None)
+        row = dict(kernel=fn.__name__, idx64=kwargs.get("IDX64", False), error=None, arch=capability)
+        if capability != 90:  # recorded, not compiled: what the launch asks for
+            rows.append(dict(row, launch_pdl=kwargs.get("launch_pdl", False),
+                             flags=[kwargs.get(k) for k in ("DEPENDENT", "LET_NEXT_START") if k in kwargs]))
+            return
         try:
-            fn.warmup(*args, grid=grid, **kwargs)
+            compiled = fn.warmup(*args, grid=grid, **kwargs)
+            ptx = compiled.asm["ptx"]
+            row.update(launch_pdl=compiled.metadata.launch_pdl, waits=ptx.count("griddepcontrol.wait"),
+                       lets=ptx.count("griddepcontrol.launch_dependents"))
         except Exception as e:  # the compiler's reason is in the chained causes
             chain = []
             while e is not None and len(chain) < 8:
@@ -68,9 +76,10 @@ SCRIPT = textwrap.dedent('''
         # alone): the one-pass backward in bf16 channels_last, the two-kernel one otherwise.
         launch_backward(torch.empty_like(out)[:, :32], None, x, w, skip_first=False, has_bias=False)
 
-    with offline_target(90), recording_launches(compile_idx64):
-        step((16, 16), (2, 2), torch.bfloat16, torch.channels_last)
-        step((4, 8, 8), (1, 2, 2), torch.float32, torch.contiguous_format)
+    for capability in (90, 80):
+        with offline_target(capability), recording_launches(compile_idx64):
+            step((16, 16), (2, 2), torch.bfloat16, torch.channels_last)
+            step((4, 8, 8), (1, 2, 2), torch.float32, torch.contiguous_format)
     print(json.dumps(rows))
 ''')
 
@@ -93,12 +102,34 @@ def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("compile")
 
 
-def test_every_kernels_int64_variant_compiles_for_sm90(tmp):
-    rows = compile_for_sm90(tmp, "new")
+@pytest.fixture(scope="module")
+def compiled(tmp):
+    return compile_for_sm90(tmp, "new")
+
+
+def test_every_kernels_int64_variant_compiles_for_sm90(compiled):
+    rows = [r for r in compiled if r["arch"] == 90]
     assert {r["kernel"] for r in rows if r["idx64"]} == IDX64_KERNELS
     assert "up_concat_weight_reduce_kernel" in {r["kernel"] for r in rows}
     for r in rows:
         assert r["error"] is None, r
+
+
+def test_backward_input_is_a_programmatic_dependent_of_the_weight_gradient_on_sm90_only(compiled):
+    """On sm_90 the weight gradient lets the next kernel start (launch_dependents, in its PTX) and
+    backward_input is launched as a dependent (launch_pdl) whose sum programs wait before reading
+    the partials and whose every program waits before it ends (two griddepcontrol.wait); no other
+    kernel holds either. Before Hopper (no griddepcontrol) neither launch asks for it."""
+    sm90 = [r for r in compiled if r["arch"] == 90]
+    by_kernel = {}
+    for r in sm90:
+        by_kernel.setdefault(r["kernel"], set()).add((r["launch_pdl"], r["waits"], r["lets"]))
+    assert by_kernel.pop("up_concat_backward_input_kernel") == {(True, 2, 0)}
+    assert by_kernel.pop("up_concat_backward_weight_kernel") == {(False, 0, 1)}
+    assert by_kernel and all(v == {(False, 0, 0)} for v in by_kernel.values()), by_kernel
+    sm80 = [r for r in compiled if r["arch"] == 80]
+    assert {r["kernel"] for r in sm80} >= {"up_concat_backward_input_kernel", "up_concat_backward_weight_kernel"}
+    assert all(not r["launch_pdl"] and not any(r["flags"]) for r in sm80), sm80
 
 
 def test_the_old_mixed_return_type_as_offset_fails_to_compile(tmp):

@@ -59,6 +59,15 @@ def test_kernel_time_is_the_largest_bound_plus_a_launch():
     assert issue["issue"] == pytest.approx(2 * 4 * (1000 * 10 + 50) / 4 / (1.75e9 * 0.7))
 
 
+def test_a_programmatic_dependent_launch_costs_1us_not_4():
+    """The same bounds; only the launch term differs (time_model.DEPENDENT_LAUNCH_S)."""
+    plain = tm.kernel_time(dram_bytes=3.0e12 * 5e-6, l2_bytes=7.0e12 * 6e-6, **LOOP)
+    dependent = tm.kernel_time(dram_bytes=3.0e12 * 5e-6, l2_bytes=7.0e12 * 6e-6, dependent=True, **LOOP)
+    assert dependent["bound"] == plain["bound"] == "l2"
+    assert plain["seconds"] == pytest.approx(6e-6 + 4e-6)
+    assert dependent["seconds"] == pytest.approx(6e-6 + 1e-6)
+
+
 def test_a_partial_wave_costs_a_whole_one_and_one_warp_per_scheduler_is_derated():
     one_each = tm.kernel_time(dram_bytes=0, l2_bytes=0, **dict(LOOP, programs=132, gemm_programs=132))
     # 132 programs: one per SM, one warp per scheduler (50% of the slots).

@@ -153,6 +153,7 @@ class _Compiler:
         row.update(resources, shared=compiled.metadata.shared, compile_s=seconds,
                    **ptx_features(compiled.asm["ptx"]))
         row["write_bits"] = bool(kwargs.get("WRITE_BITS"))
+        row["dependent_launch"] = bool(compiled.metadata.launch_pdl)  # programmatic dependent launch
         row["programs"] = (grid(kwargs) if callable(grid) else grid)[0]
         sass = None
         if (self.capability == TIME_MODEL_CAPABILITY and row["tensor_cores"] != "-" and not self.force_idx64
@@ -270,7 +271,8 @@ def time_model_columns(row, step, kwargs, sass, launch_args, capability) -> dict
     # bound is left at zero, and DRAM or L2 binds.
     outside = (total - (loop["instructions"] if loop else 0)) * time_model.OUTSIDE_LOOP_SHARE
     t = time_model.kernel_time(dram_bytes=m["moved"], l2_bytes=m["l2_bytes"], programs=row["programs"],
-                               outside_instructions=outside, warps=warps, ctas=ctas, **gemm)
+                               outside_instructions=outside, warps=warps, ctas=ctas,
+                               dependent=row["dependent_launch"], **gemm)
     cols.update(warps_per_scheduler=t["warps_per_scheduler"], bound=t["bound"], modelled_us=t["seconds"] * 1e6,
                 **{f"{k}_us": t[k] * 1e6 for k in ("dram", "l2", "issue", "tensor")})
     return cols
