@@ -297,8 +297,7 @@ def launch_backward(grad: torch.Tensor, out, x: torch.Tensor, weight: torch.Tens
         KD=kd, KH=kh, KW=kw, RELU=relu, FLAT_X=flat_pixels((dx,), (d, h, w)),
         FLAT_SKIP=flat_pixels((grad, dskip), sizes3(dskip)), **math, **(tiles or {}),
         SUM_PARTIALS=sums_here, HAS_BIAS=has_bias, SUM_BLOCK=sum_block, SUM_SPLITS=INPUT_REDUCE_SPLITS,
-        SUM_ROWS=INPUT_REDUCE_ROWS, SUM_CHANNELS=REDUCE_CHANNELS, DEPENDENT=dependent,
-        **({"launch_pdl": True} if dependent else {}),
+        SUM_ROWS=INPUT_REDUCE_ROWS, SUM_CHANNELS=REDUCE_CHANNELS, DEPENDENT=dependent, launch_pdl=dependent,
     )
     if not sums_here:
         launch_weight_reduce(weight_sum)
